@@ -1,0 +1,49 @@
+"""The RabbitMQ topology every process declares, and how student ids map to routing keys.
+
+Grades go to one direct exchange with the routing key of the student's shard. Each stream
+node binds the shards of the students it serves to its own exclusive queue, so the number
+of bindings stays at most BROKER_SHARDS however many students come and go.
+"""
+
+import zlib
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+
+from services.core.settings import Settings
+
+EXCHANGE = "gradecast.grades"
+DEAD_LETTER_EXCHANGE = "gradecast.dead-letter"
+DEAD_LETTER_QUEUE = "gradecast.dead-letter"
+
+
+def shard_of(student_id: str, shards: int) -> int:
+    """Stable across processes and restarts, unlike hash()."""
+    return zlib.crc32(student_id.encode()) % shards
+
+
+def routing_key(shard: int) -> str:
+    return f"shard.{shard}"
+
+
+def node_queue_name(node_id: str) -> str:
+    return f"gradecast.stream.{node_id}"
+
+
+async def connect(settings: Settings, name: str) -> AbstractRobustConnection:
+    """A connection that reconnects by itself, named for the management UI."""
+    return await aio_pika.connect_robust(
+        settings.AMQP_URL,
+        timeout=settings.BROKER_TIMEOUT_SECONDS,
+        client_properties={"connection_name": name},
+    )
+
+
+async def declare_topology(channel: AbstractChannel) -> AbstractExchange:
+    """Idempotent: every process calls it, whichever starts first."""
+    dead_letters = await channel.declare_exchange(
+        DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True
+    )
+    queue = await channel.declare_queue(DEAD_LETTER_QUEUE, durable=True)
+    await queue.bind(dead_letters)
+    return await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True)

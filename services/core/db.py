@@ -1,0 +1,52 @@
+"""The async engine every process opens, and the one way to run a transaction on it."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy import make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from services.core.settings import Settings
+
+
+class DatabaseUnavailable(Exception):
+    """Postgres cannot be reached; the transaction was rolled back, nothing was written."""
+
+
+def create_engine(settings: Settings, application_name: str) -> AsyncEngine:
+    """Tagged with application_name so Postgres shows who holds a connection."""
+    return create_async_engine(
+        settings.DATABASE_URL,
+        pool_size=settings.DATABASE_POOL_SIZE,
+        max_overflow=settings.DATABASE_POOL_SIZE,
+        pool_timeout=settings.DATABASE_TIMEOUT_SECONDS,
+        # A restarted Postgres leaves dead connections in the pool: test each on checkout.
+        pool_pre_ping=True,
+        connect_args={
+            "timeout": settings.DATABASE_TIMEOUT_SECONDS,
+            "server_settings": {"application_name": application_name},
+        },
+    )
+
+
+@asynccontextmanager
+async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """Commits on success, rolls back on error; a lost database becomes DatabaseUnavailable."""
+    try:
+        async with engine.begin() as connection:
+            yield connection
+    except (OSError, TimeoutError, PoolTimeout) as error:  # connecting failed
+        raise DatabaseUnavailable(str(error)) from error
+    except DBAPIError as error:  # the connection broke mid-transaction
+        if error.connection_invalidated or isinstance(error.orig, OSError | TimeoutError):
+            raise DatabaseUnavailable(str(error)) from error
+        raise
+
+
+def database_name(url: str) -> str:
+    name = make_url(url).database
+    if not name:
+        raise SystemExit(f"gradecast: DATABASE_URL names no database: {url}")
+    return name

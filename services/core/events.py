@@ -1,0 +1,53 @@
+"""What a notification looks like outside Postgres: in an SSE frame, the missed endpoint and
+the broker message. One model, so every process agrees on it."""
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+from sqlalchemy import Row
+
+
+class CamelModel(BaseModel):
+    """snake_case in Python, camelCase on the wire."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+    )
+
+
+class NotificationPublic(CamelModel):
+    id: str  # the student's sequence number: opaque to clients, increasing in their stream
+    student_id: str
+    assignment_id: str
+    grade: str | int | float
+    teacher_comment: str | None
+    course_id: str | None
+    assignment_title: str | None
+    published_at: datetime
+
+    @property
+    def seq(self) -> int:
+        return int(self.id)
+
+    @classmethod
+    def from_row(cls, row: Row[tuple[object, ...]]) -> "NotificationPublic":
+        return cls(
+            id=str(row.seq),
+            student_id=row.student_id,
+            assignment_id=row.assignment_id,
+            grade=row.grade,
+            teacher_comment=row.teacher_comment,
+            course_id=row.course_id,
+            assignment_title=row.assignment_title,
+            published_at=row.published_at,
+        )
+
+
+class NotificationBatch(CamelModel):
+    """The broker message: one publish request's notifications of one shard."""
+
+    notifications: list[NotificationPublic]
