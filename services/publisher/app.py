@@ -1,0 +1,60 @@
+"""The publish API: gradebooks post grades; each is committed, then sent to RabbitMQ."""
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TypedDict
+
+from aio_pika.abc import AbstractRobustConnection
+from fastapi import FastAPI, Request
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.core import broker
+from services.core.db import create_engine
+from services.core.settings import Settings, get_settings
+from services.publisher.outbox import OutboxRelay
+from services.publisher.routes import router
+from services.web.errors import install_error_handlers
+from services.web.health import broker_ready, database_ready, health_router
+
+
+class PublisherState(TypedDict):
+    settings: Settings
+    engine: AsyncEngine
+    broker: AbstractRobustConnection
+    relay: OutboxRelay
+
+
+async def readiness(request: Request) -> dict[str, bool]:
+    return {
+        "database": await database_ready(request.state.engine),
+        "broker": broker_ready(request.state.broker),
+    }
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    settings.require("GRADECAST_PUBLISHER_KEYS")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[PublisherState]:
+        engine = create_engine(settings, "gradecast-publisher")
+        connection = await broker.connect(settings, f"gradecast-publisher-{os.getpid()}")
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await broker.declare_topology(channel)
+        relay = OutboxRelay(engine, connection, exchange, settings.BROKER_TIMEOUT_SECONDS)
+        relay_loop = asyncio.create_task(relay.run(), name="outbox-relay")
+        try:
+            yield {"settings": settings, "engine": engine, "broker": connection, "relay": relay}
+        finally:
+            relay_loop.cancel()
+            await asyncio.gather(relay_loop, return_exceptions=True)
+            await connection.close()
+            await engine.dispose()
+
+    app = FastAPI(title="gradecast publisher", version="0.1.0", lifespan=lifespan)
+    install_error_handlers(app)
+    app.include_router(router)
+    app.include_router(health_router(readiness))
+    return app

@@ -1,0 +1,105 @@
+"""Sends outbox rows to RabbitMQ with publisher confirms and deletes what was confirmed.
+
+A publish sends its own rows right after its commit. What that could not send (the broker
+was down, the process died) the relay loop sends later, from what Postgres holds; rows are
+claimed with SKIP LOCKED so that several publishers never send the same row at once.
+Should a row still go out twice, stream nodes drop what a connection has already had.
+"""
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import aio_pika
+from aio_pika.abc import AbstractExchange, AbstractRobustConnection
+from sqlalchemy import delete, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.core.db import DatabaseUnavailable, transaction
+from services.core.models import OutboxMessage
+from services.publisher.store import Outgoing
+
+logger = logging.getLogger(__name__)
+
+POLL_SECONDS = 1.0
+STALE_SECONDS = 5.0  # rows younger than this are still being sent by their own request
+BATCH_SIZE = 500
+
+CLAIM_STALE = (
+    select(OutboxMessage.id, OutboxMessage.routing_key, OutboxMessage.body)
+    .where(OutboxMessage.created_at < text(f"now() - interval '{STALE_SECONDS} seconds'"))
+    .order_by(OutboxMessage.id)
+    .limit(BATCH_SIZE)
+    .with_for_update(skip_locked=True)
+)
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        connection: AbstractRobustConnection,
+        exchange: AbstractExchange,
+        timeout_seconds: float,
+    ) -> None:
+        self.engine = engine
+        self.connection = connection
+        self.exchange = exchange
+        self.timeout_seconds = timeout_seconds
+
+    async def send_now(self, messages: Sequence[Outgoing]) -> bool:
+        """After a commit: send, then delete. A failure leaves the rows to the relay loop."""
+        if not messages or self.connection.is_closed:
+            return False
+        try:
+            await self.publish(messages)
+            async with transaction(self.engine) as connection:
+                ids = [message.id for message in messages]
+                await connection.execute(delete(OutboxMessage).where(OutboxMessage.id.in_(ids)))
+        except Exception as error:  # committed already: the answer is 201 whatever happens here
+            logger.warning("outbox: left %d messages to the relay: %r", len(messages), error)
+            return False
+        return True
+
+    async def relay_stale(self) -> int:
+        """Send one batch of rows that their own request did not send; how many were sent."""
+        async with transaction(self.engine) as connection:
+            rows = (await connection.execute(CLAIM_STALE)).all()
+            if not rows:
+                return 0
+            await self.publish([Outgoing(row.id, row.routing_key, row.body) for row in rows])
+            ids = [row.id for row in rows]
+            await connection.execute(delete(OutboxMessage).where(OutboxMessage.id.in_(ids)))
+        logger.info("outbox: relayed %d messages", len(rows))
+        return len(rows)
+
+    async def run(self) -> None:
+        """The relay loop, until cancelled."""
+        while True:
+            try:
+                sent = await self.relay_stale()
+            except (aio_pika.exceptions.AMQPError, TimeoutError, DatabaseUnavailable) as error:
+                logger.warning("outbox: relay failed, will retry: %r", error)
+                sent = 0
+            except Exception:  # the loop must outlive any one failure
+                logger.exception("outbox: relay failed, will retry")
+                sent = 0
+            if sent < BATCH_SIZE:
+                await asyncio.sleep(POLL_SECONDS)
+
+    async def publish(self, messages: Sequence[Outgoing]) -> None:
+        """Returns once RabbitMQ has confirmed every message; raises otherwise."""
+        async with asyncio.timeout(self.timeout_seconds):
+            await asyncio.gather(
+                *(
+                    self.exchange.publish(
+                        aio_pika.Message(
+                            message.body,
+                            content_type="application/json",
+                            message_id=str(message.id),
+                        ),
+                        routing_key=message.routing_key,
+                    )
+                    for message in messages
+                )
+            )

@@ -1,0 +1,64 @@
+"""POST /grades/publish."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request, Response
+
+from services.publisher.auth import PublisherScope
+from services.publisher.idempotency import IdempotentRequest
+from services.publisher.schemas import GradePublish, PublishResult
+from services.publisher.store import store_grades
+from services.web.body import read_json
+
+router = APIRouter(tags=["publish"])
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Retrying with the same key and body returns the first answer.",
+    ),
+]
+
+REQUEST_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": GradePublish.model_json_schema()}},
+}
+
+
+@router.post(
+    "/grades/publish",
+    status_code=201,
+    openapi_extra={"requestBody": REQUEST_BODY},
+    responses={
+        401: {"description": "No valid publisher key"},
+        409: {"description": "The Idempotency-Key was used with another body"},
+        413: {"description": "The body is over 1 MiB"},
+        415: {"description": "The body is not JSON"},
+        422: {"description": "The body breaks the schema; the message names the field"},
+        503: {"description": "Postgres cannot be reached; nothing was written"},
+    },
+)
+async def publish_grades(
+    scope: PublisherScope,
+    request: Request,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> PublishResult:
+    """Store a grade for one or many students and push it to their streams."""
+    publish, raw = await read_json(request, GradePublish)
+    settings, relay = request.state.settings, request.state.relay
+    stored = await store_grades(
+        request.state.engine,
+        publish,
+        shards=settings.BROKER_SHARDS,
+        retention_seconds=settings.RETENTION_HOURS * 3600,
+        idempotency=IdempotentRequest.of(scope, idempotency_key, raw) if idempotency_key else None,
+    )
+    if stored.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    await relay.send_now(stored.outgoing)
+    return stored.result

@@ -1,0 +1,51 @@
+"""The publish API's request and answer."""
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import ConfigDict, Field, StrictFloat, StrictInt, StringConstraints, model_validator
+
+from services.core.events import CamelModel
+
+Identifier = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$")
+]
+GradeText = Annotated[str, StringConstraints(min_length=1, max_length=32, strict=True)]
+MAX_RECIPIENTS = 10_000
+
+
+class GradePublish(CamelModel):
+    """A grade for one student (`studentId`) or the same grade for many (`studentIds`)."""
+
+    model_config = ConfigDict(extra="forbid", validate_by_name=False)
+
+    student_id: Identifier | None = None
+    student_ids: list[Identifier] | None = Field(None, min_length=1, max_length=MAX_RECIPIENTS)
+    assignment_id: Identifier
+    grade: GradeText | StrictInt | StrictFloat = Field(union_mode="left_to_right")
+    teacher_comment: str | None = Field(None, max_length=2000)
+    course_id: Identifier | None = None
+    assignment_title: str | None = Field(None, max_length=200)
+
+    @model_validator(mode="after")
+    def exactly_one_recipient_field(self) -> "GradePublish":
+        if (self.student_id is None) == (self.student_ids is None):
+            raise ValueError("give exactly one of studentId or studentIds")
+        return self
+
+    def recipients(self) -> list[str]:
+        """Each student once, in the order given."""
+        if self.student_id is not None:
+            return [self.student_id]
+        return list(dict.fromkeys(self.student_ids or ()))
+
+
+class PublishedNotification(CamelModel):
+    id: str
+    student_id: str
+    published_at: datetime
+
+
+class PublishResult(CamelModel):
+    count: int
+    notifications: list[PublishedNotification]

@@ -1,0 +1,112 @@
+"""Storing a publish: sequences, notifications and outbox rows commit together."""
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import orjson
+from sqlalchemy import insert, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from services.core.broker import routing_key, shard_of
+from services.core.db import transaction
+from services.core.events import NotificationBatch, NotificationPublic
+from services.core.models import OutboxMessage
+from services.publisher.idempotency import IdempotentRequest
+from services.publisher.schemas import GradePublish, PublishedNotification, PublishResult
+
+# Locks each student's sequence row (in sorted order, so concurrent batches cannot
+# deadlock) and inserts their notifications, in one round trip.
+INSERT_NOTIFICATIONS = text("""
+    WITH sequenced AS (
+        INSERT INTO student_sequences AS s (student_id, last_seq)
+        SELECT student_id, 1 FROM unnest(CAST(:student_ids AS text[])) AS student_id
+        ON CONFLICT (student_id) DO UPDATE SET last_seq = s.last_seq + 1
+        RETURNING student_id, last_seq
+    )
+    INSERT INTO notifications
+        (student_id, seq, assignment_id, grade, teacher_comment, course_id, assignment_title)
+    SELECT student_id, last_seq, CAST(:assignment_id AS text), CAST(:grade AS jsonb),
+           CAST(:teacher_comment AS text), CAST(:course_id AS text),
+           CAST(:assignment_title AS text)
+    FROM sequenced
+    RETURNING student_id, seq, assignment_id, grade, teacher_comment, course_id,
+              assignment_title, published_at
+""")
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """An outbox row: one broker message, sent after the commit."""
+
+    id: int
+    routing_key: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Stored:
+    result: PublishResult
+    outgoing: list[Outgoing]
+    replayed: bool = False
+
+
+async def store_grades(
+    engine: AsyncEngine,
+    publish: GradePublish,
+    *,
+    shards: int,
+    retention_seconds: float,
+    idempotency: IdempotentRequest | None = None,
+) -> Stored:
+    async with transaction(engine) as connection:
+        if idempotency is not None:
+            earlier = await idempotency.claim(connection, retention_seconds)
+            if earlier is not None:
+                return Stored(PublishResult.model_validate(earlier), [], replayed=True)
+        notifications = await insert_notifications(connection, publish)
+        outgoing = await insert_outbox(connection, notifications, shards)
+        by_student = {n.student_id: n for n in notifications}
+        result = PublishResult(
+            count=len(notifications),
+            notifications=[
+                PublishedNotification(id=n.id, student_id=n.student_id, published_at=n.published_at)
+                for n in map(by_student.__getitem__, publish.recipients())
+            ],
+        )
+        if idempotency is not None:
+            await idempotency.remember(connection, result.model_dump(mode="json"))
+    return Stored(result, outgoing)
+
+
+async def insert_notifications(
+    connection: AsyncConnection, publish: GradePublish
+) -> list[NotificationPublic]:
+    params = {
+        "student_ids": sorted(publish.recipients()),
+        "assignment_id": publish.assignment_id,
+        "grade": orjson.dumps(publish.grade).decode(),
+        "teacher_comment": publish.teacher_comment,
+        "course_id": publish.course_id,
+        "assignment_title": publish.assignment_title,
+    }
+    rows = await connection.execute(INSERT_NOTIFICATIONS, params)
+    return [NotificationPublic.from_row(row) for row in rows]
+
+
+async def insert_outbox(
+    connection: AsyncConnection, notifications: list[NotificationPublic], shards: int
+) -> list[Outgoing]:
+    """One broker message per shard, not per student."""
+    by_shard: defaultdict[int, list[NotificationPublic]] = defaultdict(list)
+    for notification in notifications:
+        by_shard[shard_of(notification.student_id, shards)].append(notification)
+    messages = [
+        (routing_key(shard), NotificationBatch(notifications=batch).model_dump_json().encode())
+        for shard, batch in by_shard.items()
+    ]
+    if not messages:
+        return []
+    rows = [{"routing_key": key, "body": body} for key, body in messages]
+    statement = insert(OutboxMessage).returning(OutboxMessage.id, sort_by_parameter_order=True)
+    ids = await connection.scalars(statement, rows)
+    return [Outgoing(id, key, body) for id, (key, body) in zip(ids, messages, strict=True)]
