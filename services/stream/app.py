@@ -1,0 +1,76 @@
+"""A stream node: consumes its own RabbitMQ queue and pushes grades to students over SSE."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TypedDict
+
+from aio_pika.abc import AbstractRobustConnection
+from fastapi import FastAPI, Request
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.core import broker
+from services.core.db import create_engine
+from services.core.settings import Settings, get_settings
+from services.stream.bindings import ShardBindings
+from services.stream.consumer import NodeQueue, declare_node_queue, message_handler
+from services.stream.hub import Hub
+from services.stream.routes import router
+from services.web.errors import install_error_handlers
+from services.web.health import broker_ready, database_ready, health_router
+
+
+class StreamState(TypedDict):
+    settings: Settings
+    engine: AsyncEngine
+    broker: AbstractRobustConnection
+    node_queue: NodeQueue
+    hub: Hub
+
+
+async def readiness(request: Request) -> dict[str, bool]:
+    node_queue: NodeQueue = request.state.node_queue
+    return {
+        "database": await database_ready(request.state.engine),
+        "broker": broker_ready(request.state.broker),
+        "consumer": not node_queue.channel.is_closed,
+    }
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    settings.require("GRADECAST_JWT_SECRET")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[StreamState]:
+        name = f"gradecast-stream-{settings.NODE_ID}"
+        engine = create_engine(settings, name)
+        connection = await broker.connect(settings, name)
+        node_queue = await declare_node_queue(connection, settings.NODE_ID)
+        bindings = ShardBindings(node_queue.queue, node_queue.exchange)
+        hub = Hub(
+            bindings,
+            shards=settings.BROKER_SHARDS,
+            max_per_student=settings.MAX_CONNECTIONS_PER_STUDENT,
+            buffer_events=settings.CONNECTION_BUFFER_EVENTS,
+        )
+        consumer_tag = await node_queue.queue.consume(message_handler(hub))
+        try:
+            yield {
+                "settings": settings,
+                "engine": engine,
+                "broker": connection,
+                "node_queue": node_queue,
+                "hub": hub,
+            }
+        finally:
+            hub.close_all("shutdown")
+            await node_queue.queue.cancel(consumer_tag)
+            await bindings.close()
+            await connection.close()  # the exclusive queue goes with it
+            await engine.dispose()
+
+    app = FastAPI(title="gradecast stream node", version="0.1.0", lifespan=lifespan)
+    install_error_handlers(app)
+    app.include_router(router)
+    app.include_router(health_router(readiness))
+    return app

@@ -1,0 +1,48 @@
+"""What Postgres holds of a student's notifications: replays and the missed endpoint."""
+
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.core.db import transaction
+from services.core.events import NotificationPublic
+from services.core.models import Notification, StudentSequence
+
+COLUMNS = (
+    Notification.seq,
+    Notification.student_id,
+    Notification.assignment_id,
+    Notification.grade,
+    Notification.teacher_comment,
+    Notification.course_id,
+    Notification.assignment_title,
+    Notification.published_at,
+)
+
+
+async def notifications_of(
+    engine: AsyncEngine,
+    student_id: str,
+    *,
+    after: int | None = None,
+    since: datetime | None = None,
+    limit: int,
+) -> list[NotificationPublic]:
+    """Oldest first: those after a sequence number, or published at or after a time."""
+    query = select(*COLUMNS).where(Notification.student_id == student_id)
+    if after is not None:
+        query = query.where(Notification.seq > after)
+    if since is not None:
+        query = query.where(Notification.published_at >= since)
+    query = query.order_by(Notification.seq).limit(limit)
+    async with transaction(engine) as connection:
+        rows = await connection.execute(query)
+    return [NotificationPublic.from_row(row) for row in rows]
+
+
+async def last_seq(engine: AsyncEngine, student_id: str) -> int:
+    """The student's newest sequence number; 0 before their first notification."""
+    query = select(StudentSequence.last_seq).where(StudentSequence.student_id == student_id)
+    async with transaction(engine) as connection:
+        return (await connection.scalar(query)) or 0

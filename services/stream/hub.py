@@ -1,0 +1,124 @@
+"""Fan-out inside one stream node: the broker consumer hands each notification to the hub,
+which encodes its frame once and pushes the same bytes to each of its student's streams."""
+
+import asyncio
+import logging
+from collections import deque
+
+from services.core.broker import shard_of
+from services.core.events import NotificationPublic
+from services.stream.bindings import ShardBindings
+from services.stream.frames import encode_event
+
+logger = logging.getLogger(__name__)
+
+Frame = tuple[int, bytes]  # the student's sequence number and the encoded SSE frame
+
+
+class TooManyConnections(Exception):
+    pass
+
+
+class Subscriber:
+    """One open stream: a bounded buffer the hub fills and the connection drains. A reader
+    that falls further behind than the buffer is closed, and replays on reconnect."""
+
+    __slots__ = ("student_id", "limit", "frames", "waiter", "closed")
+
+    def __init__(self, student_id: str, limit: int) -> None:
+        self.student_id = student_id
+        self.limit = limit
+        self.frames: deque[Frame] = deque()
+        self.waiter: asyncio.Future[None] | None = None
+        self.closed: str | None = None  # why, once closed
+
+    def push(self, frame: Frame) -> None:
+        if self.closed:
+            return
+        if len(self.frames) >= self.limit:
+            logger.warning(
+                "stream of %s fell %d events behind: closed", self.student_id, self.limit
+            )
+            self.close("overflow")
+            return
+        self.frames.append(frame)
+        self.wake()
+
+    def close(self, reason: str) -> None:
+        if not self.closed:
+            self.closed = reason
+            self.frames.clear()
+            self.wake()
+
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def next(self, idle_seconds: float) -> Frame | None:
+        """The next frame; None after `idle_seconds` without one, or once closed."""
+        if not self.frames and not self.closed:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(idle_seconds):
+                    await self.waiter
+            except TimeoutError:
+                pass
+            finally:
+                self.waiter = None
+        if self.closed or not self.frames:
+            return None
+        return self.frames.popleft()
+
+
+class Hub:
+    def __init__(
+        self, bindings: ShardBindings, shards: int, max_per_student: int, buffer_events: int
+    ) -> None:
+        self.bindings = bindings
+        self.shards = shards
+        self.max_per_student = max_per_student
+        self.buffer_events = buffer_events
+        self.students: dict[str, set[Subscriber]] = {}
+
+    async def subscribe(self, student_id: str) -> Subscriber:
+        """Registers at once (so the limit holds under concurrency), then waits for the
+        student's shard to be bound. Pair with unsubscribe()."""
+        streams = self.students.setdefault(student_id, set())
+        if len(streams) >= self.max_per_student:
+            raise TooManyConnections(student_id)
+        subscriber = Subscriber(student_id, self.buffer_events)
+        streams.add(subscriber)
+        try:
+            await self.bindings.acquire(shard_of(student_id, self.shards))
+        except BaseException:
+            self.forget(subscriber)
+            raise
+        return subscriber
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        subscriber.close("unsubscribed")
+        self.forget(subscriber)
+        self.bindings.release(shard_of(subscriber.student_id, self.shards))
+
+    def forget(self, subscriber: Subscriber) -> None:
+        streams = self.students.get(subscriber.student_id)
+        if streams is not None:
+            streams.discard(subscriber)
+            if not streams:
+                del self.students[subscriber.student_id]
+
+    def dispatch(self, notification: NotificationPublic) -> None:
+        streams = self.students.get(notification.student_id)
+        if not streams:
+            return  # another student of a shard this node serves
+        frame = (notification.seq, encode_event(notification))
+        for subscriber in tuple(streams):
+            subscriber.push(frame)
+
+    def close_all(self, reason: str) -> None:
+        for streams in list(self.students.values()):
+            for subscriber in tuple(streams):
+                subscriber.close(reason)
+
+    def counts(self) -> dict[str, int]:
+        return {student: len(streams) for student, streams in self.students.items()}
