@@ -1,0 +1,83 @@
+"""Deletes notifications older than RETENTION_HOURS, in bounded batches with a commit each,
+so publishing and streaming are never blocked behind one long delete."""
+
+import asyncio
+import logging
+import signal
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.core.db import DatabaseUnavailable, create_engine, transaction
+from services.core.models import IdempotencyKey, Notification
+from services.core.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_EVERY_BATCHES = 10
+
+
+async def purge_expired(
+    engine: AsyncEngine, *, older_than: datetime, batch_size: int, stop: asyncio.Event
+) -> int:
+    """How many notifications were deleted. Oldest first, so an interrupted pass leaves no
+    hole in what is retained; `stop` is checked between batches."""
+    expired = (
+        select(Notification.id)
+        .where(Notification.published_at < older_than)
+        .order_by(Notification.published_at)
+        .limit(batch_size)
+    )
+    purge = delete(Notification).where(Notification.id.in_(expired.scalar_subquery()))
+    total, batches = 0, 0
+    while not stop.is_set():
+        async with transaction(engine) as connection:
+            deleted = (await connection.execute(purge)).rowcount
+        total, batches = total + deleted, batches + 1
+        if batches % PROGRESS_EVERY_BATCHES == 0:
+            logger.info("retention: %d notifications purged so far", total)
+        if deleted < batch_size:
+            break
+    async with transaction(engine) as connection:
+        await connection.execute(
+            delete(IdempotencyKey).where(IdempotencyKey.created_at < older_than)
+        )
+    return total
+
+
+async def run(settings: Settings, once: bool) -> int:
+    """Purges every RETENTION_INTERVAL_SECONDS until SIGTERM or SIGINT; with `once`, one
+    pass. Returns what the last pass purged."""
+    engine = create_engine(settings, "gradecast-retention")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    purged = 0
+    try:
+        while not stop.is_set():
+            older_than = datetime.now(UTC) - timedelta(hours=settings.RETENTION_HOURS)
+            try:
+                purged = await purge_expired(
+                    engine,
+                    older_than=older_than,
+                    batch_size=settings.RETENTION_BATCH_SIZE,
+                    stop=stop,
+                )
+                logger.info("retention: purged %d notifications older than %s", purged, older_than)
+            except DatabaseUnavailable as error:
+                if once:
+                    raise
+                logger.warning("retention: database unavailable, next pass later: %s", error)
+            if once:
+                break
+            try:
+                await asyncio.wait_for(stop.wait(), settings.RETENTION_INTERVAL_SECONDS)
+            except TimeoutError:
+                pass
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await engine.dispose()
+    return purged
