@@ -1,0 +1,117 @@
+"""The `gradecast` command."""
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable
+
+import uvicorn
+from fastapi import FastAPI
+
+from services.core.settings import Settings
+from services.logs import configure_logging
+
+PUBLISHER_PORT, STREAM_PORT = 8000, 8001
+GRACEFUL_SHUTDOWN_SECONDS = 5
+
+
+def serve(factory: Callable[[], FastAPI], settings: Settings, port: int) -> None:
+    uvicorn.run(
+        factory,
+        factory=True,
+        host=settings.HOST,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        log_config=None,
+    )
+
+
+def run_publisher(args: argparse.Namespace) -> None:
+    from services.publisher.app import create_app
+
+    settings = Settings()
+    serve(lambda: create_app(settings), settings, args.port or settings.PORT or PUBLISHER_PORT)
+
+
+def run_stream(args: argparse.Namespace) -> None:
+    from services.stream.app import create_app
+
+    settings = Settings(NODE_ID=args.node_id) if args.node_id else Settings()
+    serve(lambda: create_app(settings), settings, args.port or settings.PORT or STREAM_PORT)
+
+
+def run_retention(args: argparse.Namespace) -> None:
+    from services.retention.worker import run
+
+    purged = asyncio.run(run(Settings(), once=args.once))
+    if args.once:
+        print(f"purged {purged} notifications")
+
+
+def run_migrate(args: argparse.Namespace) -> None:
+    from services.core.migrate import migrate
+
+    migrate(Settings().DATABASE_URL)
+    print("database is at the latest migration")
+
+
+def run_token(args: argparse.Namespace) -> None:
+    from services.core.tokens import mint_token
+
+    settings = Settings()
+    settings.require("GRADECAST_JWT_SECRET")
+    assert settings.GRADECAST_JWT_SECRET is not None
+    secret = settings.GRADECAST_JWT_SECRET.get_secret_value()
+    print(mint_token(args.student_id, secret, args.ttl_seconds))
+
+
+def run_dev(args: argparse.Namespace) -> None:
+    from services.dev import run
+
+    sys.exit(run(publisher_port=args.port, stream_ports=args.stream_ports))
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="gradecast", description="Real-time grade notifications over Server-Sent Events."
+    )
+    commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    publisher = commands.add_parser("publisher", help="run the publish API")
+    publisher.add_argument("--port", type=int, help=f"default: PORT or {PUBLISHER_PORT}")
+    publisher.set_defaults(run=run_publisher)
+
+    stream = commands.add_parser("stream", help="run a stream node")
+    stream.add_argument("--port", type=int, help=f"default: PORT or {STREAM_PORT}")
+    stream.add_argument("--node-id", help="default: NODE_ID, or host name and pid")
+    stream.set_defaults(run=run_stream)
+
+    retention = commands.add_parser("retention", help="purge expired notifications")
+    retention.add_argument("--once", action="store_true", help="one pass, print the count")
+    retention.set_defaults(run=run_retention)
+
+    migrate = commands.add_parser("migrate", help="create the database and upgrade it")
+    migrate.set_defaults(run=run_migrate)
+
+    token = commands.add_parser("token", help="mint a student token for development")
+    token.add_argument("student_id")
+    token.add_argument("--ttl-seconds", type=float, default=24 * 3600)
+    token.set_defaults(run=run_token)
+
+    dev = commands.add_parser("dev", help="run everything locally")
+    dev.add_argument("--port", type=int, default=PUBLISHER_PORT, help="the publisher's port")
+    dev.add_argument("--stream-ports", type=int, nargs="+", default=[STREAM_PORT, STREAM_PORT + 1])
+    dev.set_defaults(run=run_dev)
+    return root
+
+
+def main(argv: list[str] | None = None) -> None:
+    configure_logging()
+    args = parser().parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""`gradecast dev`: the whole system on this machine, against the local Postgres and
+RabbitMQ: migrations, a publisher, stream nodes and the retention worker, each a process
+of its own with its log lines prefixed by its name."""
+
+import asyncio
+import os
+import secrets
+import signal
+import sys
+from dataclasses import dataclass
+
+import httpx
+
+from services.core.migrate import migrate
+from services.core.settings import Settings
+from services.core.tokens import mint_token
+
+READY_TIMEOUT_SECONDS = 30
+STOP_TIMEOUT_SECONDS = 10
+DEMO_STUDENT = "student-1"
+
+
+@dataclass
+class Service:
+    name: str
+    args: list[str]
+    port: int | None = None
+    process: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}" if self.port else ""
+
+
+def development_secrets() -> dict[str, str]:
+    """Secrets the environment does not give, generated for this run and said so."""
+    generated = {}
+    if not os.environ.get("GRADECAST_JWT_SECRET"):
+        generated["GRADECAST_JWT_SECRET"] = secrets.token_urlsafe(32)
+    if not os.environ.get("GRADECAST_PUBLISHER_KEYS"):
+        generated["GRADECAST_PUBLISHER_KEYS"] = "dev-" + secrets.token_urlsafe(24)
+    return generated
+
+
+async def pump(service: Service) -> None:
+    assert service.process is not None and service.process.stdout is not None
+    async for line in service.process.stdout:
+        sys.stdout.write(f"{service.name:>10} | {line.decode(errors='replace')}")
+
+
+async def wait_ready(client: httpx.AsyncClient, service: Service) -> str:
+    if service.port is None:
+        return "running"
+    deadline = asyncio.get_running_loop().time() + READY_TIMEOUT_SECONDS
+    while asyncio.get_running_loop().time() < deadline:
+        assert service.process is not None
+        if service.process.returncode is not None:
+            return f"exited ({service.process.returncode})"
+        try:
+            if (await client.get(f"{service.url}/ready")).status_code == 200:
+                return "ready"
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.3)
+    return "not ready"
+
+
+def banner(services: list[Service], states: list[str], key: str, token: str) -> str:
+    rows = [f"  {'service':<12}{'url':<26}state"]
+    rows += [f"  {s.name:<12}{s.url:<26}{state}" for s, state in zip(services, states, strict=True)]
+    publisher, stream = services[0].url, services[1].url
+    return "\n".join(
+        [
+            "",
+            "gradecast is running. Ctrl-C stops everything.",
+            *rows,
+            "",
+            f"  publisher key:          {key}",
+            f"  token for {DEMO_STUDENT}: {token}",
+            f"  API docs:               {publisher}/docs and {stream}/docs",
+            "",
+            "Watch a student's stream (leave it open):",
+            f"  curl -N -H 'Authorization: Bearer {token}' \\",
+            f"    {stream}/notifications/stream/{DEMO_STUDENT}",
+            "",
+            "Publish a grade (in another terminal):",
+            f"  curl -X POST {publisher}/grades/publish -H 'Authorization: Bearer {key}' \\",
+            "    -H 'Content-Type: application/json' \\",
+            f'    -d \'{{"studentId": "{DEMO_STUDENT}", "assignmentId": "essay-1", '
+            '"grade": "A-", "teacherComment": "Well argued."}\'',
+            "",
+        ]
+    )
+
+
+def plan(publisher_port: int, stream_ports: list[int]) -> list[Service]:
+    gradecast = [sys.executable, "-m", "services.cli"]
+    services = [
+        Service(
+            "publisher", [*gradecast, "publisher", "--port", str(publisher_port)], publisher_port
+        )
+    ]
+    for index, port in enumerate(stream_ports):
+        node = f"dev-{chr(ord('a') + index)}"
+        args = [*gradecast, "stream", "--port", str(port), "--node-id", node]
+        services.append(Service(f"stream {node[-1]}", args, port))
+    services.append(Service("retention", [*gradecast, "retention"]))
+    return services
+
+
+async def run_services(publisher_port: int, stream_ports: list[int]) -> int:
+    generated = development_secrets()
+    for name in generated:
+        print(f"gradecast dev: generated {name} for this run (set it to keep one)")
+    os.environ.update(generated)  # the services below inherit them
+    settings = Settings()
+    await asyncio.to_thread(migrate, settings.DATABASE_URL)
+
+    services = plan(publisher_port, stream_ports)
+    for service in services:
+        service.process = await asyncio.create_subprocess_exec(
+            *service.args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+    pumps = [asyncio.create_task(pump(service)) for service in services]
+    async with httpx.AsyncClient(timeout=2) as client:
+        states = await asyncio.gather(*(wait_ready(client, s) for s in services))
+    key = settings.GRADECAST_PUBLISHER_KEYS[0].get_secret_value()
+    assert settings.GRADECAST_JWT_SECRET is not None
+    token = mint_token(DEMO_STUDENT, settings.GRADECAST_JWT_SECRET.get_secret_value(), 24 * 3600)
+    print(banner(services, states, key, token), flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    exits = [asyncio.create_task(s.process.wait()) for s in services if s.process]
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait([stopping, *exits], return_when=asyncio.FIRST_COMPLETED)
+    failed = [s.name for s in services if s.process and s.process.returncode not in (None, 0)]
+    if failed:
+        print(f"gradecast dev: {', '.join(failed)} stopped; stopping the rest", flush=True)
+    await stop_all(services)
+    stopping.cancel()
+    await asyncio.gather(*pumps, return_exceptions=True)
+    return 1 if failed else 0
+
+
+async def stop_all(services: list[Service]) -> None:
+    running = [s.process for s in services if s.process and s.process.returncode is None]
+    for process in running:
+        process.terminate()
+    try:
+        async with asyncio.timeout(STOP_TIMEOUT_SECONDS):
+            await asyncio.gather(*(p.wait() for p in running))
+    except TimeoutError:
+        for process in running:
+            if process.returncode is None:
+                process.kill()
+
+
+def run(publisher_port: int, stream_ports: list[int]) -> int:
+    return asyncio.run(run_services(publisher_port, stream_ports))
