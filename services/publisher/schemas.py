@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import ConfigDict, Field, StrictFloat, StrictInt, StringConstraints, model_validator
+from pydantic import AllowInfNan, ConfigDict, Field, Strict, StringConstraints, model_validator
 
 from services.core.events import CamelModel
 
@@ -11,6 +11,12 @@ Identifier = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$")
 ]
 GradeText = Annotated[str, StringConstraints(min_length=1, max_length=32, strict=True)]
+# Numbers a browser's JSON.parse reads back as sent: finite, and within 2**53 (JSON's
+# integers beyond it would come back as other floats).
+SAFE_INTEGER = 2**53 - 1
+SafeRange = Field(ge=-SAFE_INTEGER, le=SAFE_INTEGER)
+GradeInteger = Annotated[int, Strict(), SafeRange]
+GradeFloat = Annotated[float, Strict(), AllowInfNan(False), SafeRange]
 MAX_RECIPIENTS = 10_000
 
 
@@ -22,7 +28,7 @@ class GradePublish(CamelModel):
     student_id: Identifier | None = None
     student_ids: list[Identifier] | None = Field(None, min_length=1, max_length=MAX_RECIPIENTS)
     assignment_id: Identifier
-    grade: GradeText | StrictInt | StrictFloat = Field(union_mode="left_to_right")
+    grade: GradeText | GradeInteger | GradeFloat = Field(union_mode="left_to_right")
     teacher_comment: str | None = Field(None, max_length=2000)
     course_id: Identifier | None = None
     assignment_title: str | None = Field(None, max_length=200)

@@ -78,7 +78,7 @@ def describe_validation(errors: Sequence[Any]) -> str:
     for error in errors:
         location = [str(part) for part in error["loc"] if part not in ("body", "query", "header")]
         field = ".".join(location) or "body"
-        parts.append(f"{field}: {error['msg']}")
+        parts.append(f"{field}: {error['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)
 
 
