@@ -59,21 +59,35 @@ class EventStream(Response):
         subscriber = self.subscriber
         watcher = asyncio.ensure_future(wait_for_disconnect(receive))
         watcher.add_done_callback(lambda _: subscriber.close("disconnected"))
+        started = False
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
-            await send(chunk(encode_retry(self.retry_milliseconds)))
-            await self.stream(send)
+            # Read before the 200 goes out: whatever commits after the client sees it is live.
+            newest = await last_seq(self.engine, subscriber.student_id)
+            await self.start_response(send)
+            started = True
+            await self.stream(send, newest)
         except DatabaseUnavailable as error:
             # The client comes back after `retry` and replays from its Last-Event-ID.
             logger.warning("ended a stream of %s: %s", subscriber.student_id, error)
+            if not started:
+                await self.start_response(send)
         finally:
             watcher.cancel()
             self.release(subscriber)
         await send(chunk(b"", more=False))
 
-    async def stream(self, send: Send) -> None:
+    async def start_response(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+        await send(chunk(encode_retry(self.retry_milliseconds)))
+
+    async def stream(self, send: Send, newest: int) -> None:
+        """Replay from Last-Event-ID, then live frames from the subscriber's buffer."""
         subscriber = self.subscriber
-        sent = await self.start(send)
+        if self.after is None:
+            sent = newest  # a fresh stream: only what is published from now on
+        else:
+            # An id beyond anything this student had is not "nothing missed": replay it all.
+            sent = await self.replay(send, self.after if self.after <= newest else 0)
         while True:
             frame = await subscriber.next(self.heartbeat_seconds)
             if subscriber.closed:
@@ -90,14 +104,6 @@ class EventStream(Response):
                     continue
             await send(chunk(data))
             sent = seq
-
-    async def start(self, send: Send) -> int:
-        """The sequence number live frames continue from, after replaying what was missed."""
-        newest = await last_seq(self.engine, self.subscriber.student_id)
-        if self.after is None:
-            return newest  # a fresh stream: only what is published from now on
-        # An id beyond anything this student had is not "nothing missed": replay it all.
-        return await self.replay(send, self.after if self.after <= newest else 0)
 
     async def replay(self, send: Send, after: int) -> int:
         """Sends what Postgres holds after `after`; returns the last sequence number sent."""
