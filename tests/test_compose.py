@@ -1,0 +1,250 @@
+"""The container deployment, checked by reading its files: no Docker engine is needed."""
+
+import argparse
+import json
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from services.cli import STREAM_PORT, parser
+from services.core.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+
+EXPECTED_SERVICES = {
+    "postgres",
+    "rabbitmq",
+    "migrate",
+    "publisher",
+    "stream-a",
+    "stream-b",
+    "retention",
+    "nginx",
+}
+REQUIRED_SECRETS = ("GRADECAST_JWT_SECRET", "GRADECAST_PUBLISHER_KEYS")
+NGINX_CONF_IN_CONTAINER = "/etc/nginx/nginx.conf"
+
+Service = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def services() -> dict[str, Service]:
+    compose = yaml.safe_load(COMPOSE_FILE.read_text())
+    return dict(compose["services"])
+
+
+@pytest.fixture(scope="module")
+def gradecast_services(services: dict[str, Service]) -> dict[str, Service]:
+    """The services run from the image this repository builds."""
+    built_here = {}
+    for name, service in services.items():
+        build = service.get("build")
+        context = build.get("context") if isinstance(build, dict) else build
+        if context in (".", "./"):
+            built_here[name] = service
+    return built_here
+
+
+@pytest.fixture(scope="module")
+def stream_services(gradecast_services: dict[str, Service]) -> dict[str, Service]:
+    return {
+        name: service
+        for name, service in gradecast_services.items()
+        if service["command"][0] == "stream"
+    }
+
+
+def environment_of(service: Service) -> dict[str, str]:
+    """Both forms compose accepts: a mapping, or a list of NAME=value."""
+    environment = service.get("environment") or {}
+    if isinstance(environment, list):
+        return dict(entry.partition("=")[::2] for entry in environment)
+    return {name: "" if value is None else str(value) for name, value in environment.items()}
+
+
+def published_host_ports(service: Service) -> set[int]:
+    ports = set()
+    for entry in service.get("ports", []):
+        if isinstance(entry, dict):
+            if "published" in entry:
+                ports.add(int(entry["published"]))
+            continue
+        # [HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTOCOL]; a bare port publishes a random one.
+        parts = str(entry).split("/")[0].split(":")
+        if len(parts) >= 2:
+            ports.add(int(parts[-2]))
+    return ports
+
+
+def nginx_config_path(nginx: Service) -> Path:
+    for volume in nginx.get("volumes", []):
+        if isinstance(volume, dict):
+            source, target = volume["source"], volume["target"]
+        else:
+            source, target = volume.split(":")[:2]
+        if target == NGINX_CONF_IN_CONTAINER:
+            return ROOT / source
+    raise AssertionError(f"nginx mounts nothing at {NGINX_CONF_IN_CONTAINER}")
+
+
+def parse_command(service_name: str, command: list[str]) -> argparse.Namespace:
+    """What `gradecast` makes of the arguments, without running anything."""
+    try:
+        return parser().parse_args(command)
+    except SystemExit:
+        pytest.fail(f"{service_name}: gradecast does not accept {command}")
+
+
+def dockerfile_instructions(name: str) -> list[str]:
+    """The arguments of every instruction called `name`, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    pattern = rf"^\s*{name}\s+(.+)$"
+    return [match.strip() for match in re.findall(pattern, text, re.MULTILINE | re.IGNORECASE)]
+
+
+def test_every_service_is_defined(services: dict[str, Service]) -> None:
+    assert EXPECTED_SERVICES <= services.keys()
+
+
+def test_gradecast_services_are_built_from_the_repository(
+    gradecast_services: dict[str, Service],
+) -> None:
+    assert gradecast_services.keys() == {
+        "migrate",
+        "publisher",
+        "stream-a",
+        "stream-b",
+        "retention",
+    }
+
+
+@pytest.mark.parametrize(
+    ("service", "port"), [("publisher", 8000), ("nginx", 8080), ("rabbitmq", 15672)]
+)
+def test_port_is_published(services: dict[str, Service], service: str, port: int) -> None:
+    assert port in published_host_ports(services[service])
+
+
+def test_stream_nodes_are_reached_through_nginx_only(stream_services: dict[str, Service]) -> None:
+    assert stream_services, "no service runs `gradecast stream`"
+    for name, service in stream_services.items():
+        assert not published_host_ports(service), f"{name} is published to the host"
+
+
+def test_environment_names_are_settings_fields(gradecast_services: dict[str, Service]) -> None:
+    # Settings ignores unknown names, so a misspelt one would be dropped without a word.
+    for name, service in gradecast_services.items():
+        unknown = environment_of(service).keys() - Settings.model_fields.keys()
+        assert not unknown, f"{name} sets {sorted(unknown)}, which Settings does not read"
+
+
+def test_secrets_come_from_the_user_and_are_required(
+    gradecast_services: dict[str, Service],
+) -> None:
+    for name, service in gradecast_services.items():
+        environment = environment_of(service)
+        for secret in REQUIRED_SECRETS:
+            value = environment.get(secret, "")
+            assert re.fullmatch(rf"\$\{{{secret}:\?[^}}]+\}}", value), (
+                f"{name} must take {secret} as ${{{secret}:?message}}, not {value!r}"
+            )
+
+
+def test_gradecast_services_listen_on_every_interface(
+    gradecast_services: dict[str, Service],
+) -> None:
+    for name, service in gradecast_services.items():
+        assert environment_of(service).get("HOST") == "0.0.0.0", name
+
+
+def test_database_and_broker_urls_name_the_compose_services(
+    services: dict[str, Service], gradecast_services: dict[str, Service]
+) -> None:
+    postgres = environment_of(services["postgres"])
+    for name, service in gradecast_services.items():
+        environment = environment_of(service)
+        database = urlsplit(environment["DATABASE_URL"])
+        assert database.scheme == "postgresql+asyncpg", name
+        assert (database.hostname, database.port) == ("postgres", 5432), name
+        assert database.username == postgres.get("POSTGRES_USER", "postgres"), name
+        if postgres.get("POSTGRES_HOST_AUTH_METHOD") != "trust":
+            assert database.password == postgres["POSTGRES_PASSWORD"], name
+        assert database.path.lstrip("/") == postgres.get("POSTGRES_DB", database.username), name
+        broker = urlsplit(environment["AMQP_URL"])
+        assert (broker.scheme, broker.hostname, broker.port) == ("amqp", "rabbitmq", 5672), name
+
+
+def test_commands_are_gradecast_subcommands(gradecast_services: dict[str, Service]) -> None:
+    for name, service in gradecast_services.items():
+        command = service["command"]
+        assert isinstance(command, list), f"{name}: use the exec form, a list"
+        assert parse_command(name, command).command == command[0], name
+
+
+def test_stream_nodes_have_distinct_node_ids(stream_services: dict[str, Service]) -> None:
+    # Each node consumes a queue named after its id: a shared id would split one queue.
+    node_ids = []
+    for name, service in stream_services.items():
+        node_id = parse_command(name, service["command"]).node_id
+        node_id = node_id or environment_of(service).get("NODE_ID")
+        assert node_id, f"{name} leaves its node id to the container's host name"
+        node_ids.append(node_id)
+    assert len(stream_services) >= 2
+    assert len(set(node_ids)) == len(node_ids), node_ids
+
+
+def test_services_wait_for_the_migration(
+    services: dict[str, Service], gradecast_services: dict[str, Service]
+) -> None:
+    assert services["migrate"]["restart"] == "no"  # a string: bare `no` is YAML's false
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    for name, service in gradecast_services.items():
+        if name == "migrate":
+            continue
+        depends_on = service["depends_on"]
+        assert depends_on["migrate"]["condition"] == "service_completed_successfully", name
+        assert service["restart"] == "unless-stopped", name
+
+
+def test_nginx_config_streams_from_both_nodes(
+    services: dict[str, Service], stream_services: dict[str, Service]
+) -> None:
+    config_path = nginx_config_path(services["nginx"])
+    assert config_path.is_file(), config_path
+    config = config_path.read_text()
+    assert re.search(r"^\s*proxy_buffering\s+off;", config, re.MULTILINE)
+    upstream_bodies = re.findall(r"upstream\s+[\w.-]+\s*\{([^}]*)\}", config)
+    node_addresses = {
+        f"{name}:{environment_of(service).get('PORT', STREAM_PORT)}"
+        for name, service in stream_services.items()
+    }
+    assert any(
+        node_addresses <= set(re.findall(r"^\s*server\s+(\S+?)[\s;]", body, re.MULTILINE))
+        for body in upstream_bodies
+    ), f"no upstream names all of {sorted(node_addresses)}"
+
+
+def test_dockerfile_entrypoint_is_gradecast() -> None:
+    entrypoints = dockerfile_instructions("ENTRYPOINT")
+    assert entrypoints, "the Dockerfile has no ENTRYPOINT"
+    assert json.loads(entrypoints[-1]) == ["gradecast"]
+
+
+def test_dockerfile_runs_as_a_user_other_than_root() -> None:
+    users = dockerfile_instructions("USER")
+    assert users, "the Dockerfile has no USER"
+    assert users[-1].split(":")[0] not in ("root", "0")
+
+
+def test_image_holds_what_migrate_reads() -> None:
+    # `gradecast migrate` finds alembic.ini and migrations/ beside the installed source.
+    copied = " ".join(dockerfile_instructions("COPY"))
+    for needed in ("alembic.ini", "migrations", "services", "pyproject.toml"):
+        assert needed in copied, f"the Dockerfile does not copy {needed}"
+    assert any("-e ." in run for run in dockerfile_instructions("RUN"))
