@@ -1,0 +1,208 @@
+"""What the tests share: real service processes, an SSE reader, factories."""
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.core.tokens import mint_token
+
+ROOT = Path(__file__).resolve().parents[1]
+JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
+PUBLISHER_KEYS = ("test-key-one", "test-key-two")
+MANAGEMENT_URL = "http://127.0.0.1:15672/api"
+MANAGEMENT_AUTH = ("guest", "guest")
+
+
+TABLES = ("notifications", "student_sequences", "outbox", "idempotency_keys")
+
+
+def token_for(student_id: str, ttl_seconds: float = 600) -> str:
+    return mint_token(student_id, JWT_SECRET, ttl_seconds)
+
+
+async def row_counts(db: AsyncEngine) -> dict[str, int]:
+    async with db.connect() as connection:
+        return {
+            table: (await connection.scalar(text(f"SELECT count(*) FROM {table}"))) or 0
+            for table in TABLES
+        }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def unique(prefix: str = "student") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+class ServiceProcess:
+    """A gradecast service run as users run it: `python -m services.cli ...`."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path, port: int | None = None):
+        self.args, self.env, self.log, self.port = args, env, log, port
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait_ready: bool = True) -> "ServiceProcess":
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "services.cli", *self.args],
+                env={**os.environ, **self.env},
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        if wait_ready:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, seconds: float = 30) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.args} exited:\n{self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.args} not ready:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@dataclass
+class Event:
+    id: str | None = None
+    event: str | None = None
+    data: str = ""
+
+    def json(self) -> Any:
+        return orjson.loads(self.data)
+
+
+@dataclass
+class EventReader:
+    """Parses a text/event-stream response line by line."""
+
+    response: httpx.Response
+    comments: list[str] = field(default_factory=list)
+    retry: int | None = None
+
+    def __post_init__(self) -> None:
+        self.lines = self.response.aiter_lines()
+
+    async def next_event(self, seconds: float = 10) -> Event:
+        """The next event; raises TimeoutError when none comes, EOFError when the stream ends."""
+        event = Event()
+        async with asyncio.timeout(seconds):
+            async for line in self.lines:
+                if line == "":
+                    if event.event or event.data:
+                        return event
+                    continue
+                name, _, value = line.partition(":")
+                value = value.removeprefix(" ")
+                if name == "":
+                    self.comments.append(value)
+                elif name == "retry":
+                    self.retry = int(value)
+                elif name == "id":
+                    event.id = value
+                elif name == "event":
+                    event.event = value
+                elif name == "data":
+                    event.data = f"{event.data}\n{value}" if event.data else value
+            raise EOFError("the stream ended")
+
+    async def events(self, count: int, seconds: float = 15) -> list[Event]:
+        return [await self.next_event(seconds) for _ in range(count)]
+
+    async def assert_quiet(self, seconds: float) -> None:
+        """No event arrives within `seconds` (keepalives may)."""
+        try:
+            event = await self.next_event(seconds)
+        except TimeoutError:
+            return
+        raise AssertionError(f"unexpected event: {event}")
+
+
+@asynccontextmanager
+async def open_stream(
+    client: httpx.AsyncClient, node_url: str, student_id: str, token: str, **headers: str
+) -> AsyncIterator[EventReader]:
+    request_headers = {"Authorization": f"Bearer {token}", **headers}
+    url = f"{node_url}/notifications/stream/{student_id}"
+    async with client.stream("GET", url, headers=request_headers) as response:
+        assert response.status_code == 200, await response.aread()
+        yield EventReader(response)
+
+
+def grade_body(student_ids: str | list[str], **fields: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"assignmentId": unique("hw"), "grade": 17, **fields}
+    key = "studentId" if isinstance(student_ids, str) else "studentIds"
+    return {key: student_ids, **body}
+
+
+async def publish(
+    client: httpx.AsyncClient, publisher_url: str, body: dict[str, Any], **headers: str
+) -> dict[str, Any]:
+    response = await client.post(
+        f"{publisher_url}/grades/publish",
+        json=body,
+        headers={"Authorization": f"Bearer {PUBLISHER_KEYS[0]}", **headers},
+    )
+    assert response.status_code == 201, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def queue_bindings(vhost: str, queue: str) -> set[str]:
+    """Routing keys bound to a queue, from the RabbitMQ management API."""
+    url = f"{MANAGEMENT_URL}/queues/{vhost}/{queue}/bindings"
+    response = httpx.get(url, auth=MANAGEMENT_AUTH, timeout=5)
+    response.raise_for_status()
+    return {b["routing_key"] for b in response.json() if b["source"]}
+
+
+async def eventually(check: Any, seconds: float = 10, interval: float = 0.1) -> None:
+    """Polls `check` (returning truthy when met) until it holds."""
+    deadline = time.monotonic() + seconds
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not met within {seconds} s: {check}")
+        await asyncio.sleep(interval)
