@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -110,24 +110,39 @@ class Event:
         return orjson.loads(self.data)
 
 
-@dataclass
 class EventReader:
-    """Parses a text/event-stream response line by line."""
+    """Parses a text/event-stream response. A task reads the lines into a queue, so that a
+    read that times out loses nothing and leaves the stream readable."""
 
-    response: httpx.Response
-    comments: list[str] = field(default_factory=list)
-    retry: int | None = None
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.comments: list[str] = []
+        self.retry: int | None = None
+        self.lines: asyncio.Queue[str | None] = asyncio.Queue()
+        self.partial = Event()
+        self.reading = asyncio.create_task(self.read_lines())
 
-    def __post_init__(self) -> None:
-        self.lines = self.response.aiter_lines()
+    async def read_lines(self) -> None:
+        try:
+            async for line in self.response.aiter_lines():
+                self.lines.put_nowait(line)
+        except httpx.HTTPError:
+            pass
+        finally:
+            self.lines.put_nowait(None)
+
+    async def close(self) -> None:
+        self.reading.cancel()
+        await asyncio.gather(self.reading, return_exceptions=True)
 
     async def next_event(self, seconds: float = 10) -> Event:
         """The next event; raises TimeoutError when none comes, EOFError when the stream ends."""
-        event = Event()
         async with asyncio.timeout(seconds):
-            async for line in self.lines:
+            while (line := await self.lines.get()) is not None:
+                event = self.partial
                 if line == "":
                     if event.event or event.data:
+                        self.partial = Event()
                         return event
                     continue
                 name, _, value = line.partition(":")
@@ -142,6 +157,7 @@ class EventReader:
                     event.event = value
                 elif name == "data":
                     event.data = f"{event.data}\n{value}" if event.data else value
+            self.lines.put_nowait(None)  # stays ended for the next call
             raise EOFError("the stream ended")
 
     async def events(self, count: int, seconds: float = 15) -> list[Event]:
@@ -158,13 +174,24 @@ class EventReader:
 
 @asynccontextmanager
 async def open_stream(
-    client: httpx.AsyncClient, node_url: str, student_id: str, token: str, **headers: str
+    client: httpx.AsyncClient,
+    node_url: str,
+    student_id: str,
+    token: str | None,
+    query: str = "",
+    **headers: str,
 ) -> AsyncIterator[EventReader]:
-    request_headers = {"Authorization": f"Bearer {token}", **headers}
-    url = f"{node_url}/notifications/stream/{student_id}"
-    async with client.stream("GET", url, headers=request_headers) as response:
+    """A student's stream; the token goes in the Authorization header unless None."""
+    if token is not None:
+        headers = {"Authorization": f"Bearer {token}", **headers}
+    url = f"{node_url}/notifications/stream/{student_id}{query}"
+    async with client.stream("GET", url, headers=headers) as response:
         assert response.status_code == 200, await response.aread()
-        yield EventReader(response)
+        reader = EventReader(response)
+        try:
+            yield reader
+        finally:
+            await reader.close()
 
 
 def grade_body(student_ids: str | list[str], **fields: Any) -> dict[str, Any]:

@@ -9,7 +9,6 @@ import jwt
 from services.core.broker import node_queue_name, routing_key, shard_of
 from tests.support import (
     JWT_SECRET,
-    EventReader,
     ServiceProcess,
     eventually,
     grade_body,
@@ -85,10 +84,9 @@ async def test_last_event_id_in_the_query_string(
     student = unique()
     published = [await publish(client, publisher.url, grade_body(student)) for _ in range(2)]
     ids = [p["notifications"][0]["id"] for p in published]
-    url = f"{node_b.url}/notifications/stream/{student}?token={token_for(student)}"
-    async with client.stream("GET", f"{url}&lastEventId={ids[0]}") as response:
-        assert response.status_code == 200
-        assert [e.id for e in await EventReader(response).events(1)] == ids[1:]
+    query = f"?token={token_for(student)}&lastEventId={ids[0]}"
+    async with open_stream(client, node_b.url, student, None, query) as stream:
+        assert [e.id for e in await stream.events(1)] == ids[1:]
 
 
 async def test_no_gap_and_no_duplicate_when_grades_are_published_during_a_replay(

@@ -1,0 +1,82 @@
+"""The retention worker against the run's Postgres, run as users run it."""
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.support import ROOT, unique
+
+INSERT = text("""
+    INSERT INTO notifications (student_id, seq, assignment_id, grade, published_at)
+    SELECT :student, seq, 'hw', '1', :published_at
+    FROM generate_series(CAST(:first AS bigint), CAST(:last AS bigint)) AS seq
+""")
+
+
+async def seqs_of(db: AsyncEngine, student: str) -> list[int]:
+    query = text("SELECT seq FROM notifications WHERE student_id = :s ORDER BY seq")
+    async with db.connect() as connection:
+        return list((await connection.scalars(query, {"s": student})).all())
+
+
+def run_retention(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", "retention", *args],
+        env={**os.environ, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_once_purges_only_what_is_older_than_the_retention_window(
+    db: AsyncEngine, service_env: dict[str, str]
+) -> None:
+    student = unique()
+    now = datetime.now(UTC)
+    async with db.begin() as connection:
+        old = {"student": student, "published_at": now - timedelta(hours=30)}
+        await connection.execute(INSERT, {**old, "first": 1, "last": 7})
+        recent = {"student": student, "published_at": now - timedelta(hours=20)}
+        await connection.execute(INSERT, {**recent, "first": 8, "last": 10})
+
+    # Batches of 3 over 7 expired rows: three batches, the last one short.
+    env = {**service_env, "RETENTION_HOURS": "24", "RETENTION_BATCH_SIZE": "3"}
+    result = run_retention(env, "--once")
+    assert result.returncode == 0, result.stderr
+    assert "purged 7 notifications" in result.stdout
+    assert await seqs_of(db, student) == [8, 9, 10]
+
+    again = run_retention(env, "--once")
+    assert "purged 0 notifications" in again.stdout
+
+
+async def test_retention_hours_can_be_seconds_worth(
+    db: AsyncEngine, service_env: dict[str, str]
+) -> None:
+    student = unique()
+    now = datetime.now(UTC)
+    async with db.begin() as connection:
+        old = {"student": student, "published_at": now - timedelta(seconds=30)}
+        await connection.execute(INSERT, {**old, "first": 1, "last": 2})
+    env = {**service_env, "RETENTION_HOURS": str(10 / 3600)}
+    result = run_retention(env, "--once")
+    assert result.returncode == 0, result.stderr
+    assert await seqs_of(db, student) == []
+
+
+def test_the_worker_does_not_import_the_web_stack() -> None:
+    web = ("fastapi", "starlette", "uvicorn", "aio_pika")
+    code = (
+        "import sys, services.retention.worker, services.core.migrate;"
+        f"print(sorted(m for m in {web!r} if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -1,0 +1,42 @@
+"""What a stream node does with what arrives on its queue."""
+
+import aio_pika
+import httpx
+
+from services.core.broker import DEAD_LETTER_QUEUE, EXCHANGE, routing_key, shard_of
+from tests.support import (
+    ServiceProcess,
+    grade_body,
+    open_stream,
+    publish,
+    token_for,
+    unique,
+)
+
+
+async def test_a_poison_message_is_dead_lettered_and_the_node_goes_on(
+    client: httpx.AsyncClient,
+    publisher: ServiceProcess,
+    node_a: ServiceProcess,
+    service_env: dict[str, str],
+) -> None:
+    student = unique()
+    connection = await aio_pika.connect(service_env["AMQP_URL"])
+    async with connection, open_stream(client, node_a.url, student, token_for(student)) as stream:
+        channel = await connection.channel()
+        exchange = await channel.get_exchange(EXCHANGE)
+        poison = aio_pika.Message(b'{"notifications": [{"id": "not a grade"}]}', message_id="p1")
+        await exchange.publish(poison, routing_key=routing_key(shard_of(student, 64)))
+
+        dead_letters = await channel.get_queue(DEAD_LETTER_QUEUE)
+        message = None
+        for _ in range(50):
+            message = await dead_letters.get(fail=False, timeout=5)
+            if message is not None:
+                break
+            await stream.assert_quiet(0.1)
+        assert message is not None and message.message_id == "p1"
+        await message.ack()
+
+        result = await publish(client, publisher.url, grade_body(student))
+        assert (await stream.next_event()).id == result["notifications"][0]["id"]

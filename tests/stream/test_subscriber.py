@@ -1,0 +1,151 @@
+"""A stream's bounded buffer, and the hub's fan-out to a student's streams."""
+
+import asyncio
+from datetime import UTC, datetime
+from typing import cast
+
+import pytest
+
+from services.core.broker import shard_of
+from services.core.events import NotificationPublic
+from services.stream.bindings import ShardBindings
+from services.stream.hub import Hub, Subscriber, TooManyConnections
+
+SHARDS = 64
+
+
+class FakeBindings:
+    """Records which shards the hub asks for, without a broker."""
+
+    def __init__(self) -> None:
+        self.acquired: list[int] = []
+        self.released: list[int] = []
+
+        self.fail = False
+
+    async def acquire(self, shard: int) -> None:
+        self.acquired.append(shard)
+        if self.fail:
+            raise ConnectionError("broker down")
+
+    def release(self, shard: int) -> None:
+        self.released.append(shard)
+
+
+def make_hub(max_per_student: int = 3) -> tuple[Hub, FakeBindings]:
+    bindings = FakeBindings()
+    hub = Hub(cast(ShardBindings, bindings), SHARDS, max_per_student, buffer_events=16)
+    return hub, bindings
+
+
+def grade_for(student_id: str, seq: int = 1) -> NotificationPublic:
+    return NotificationPublic(
+        id=str(seq),
+        student_id=student_id,
+        assignment_id="hw-1",
+        grade=17,
+        teacher_comment=None,
+        course_id=None,
+        assignment_title=None,
+        published_at=datetime(2025, 3, 1, tzinfo=UTC),
+    )
+
+
+async def test_frames_come_out_in_order() -> None:
+    subscriber = Subscriber("student-1", limit=10)
+    subscriber.push((1, b"one"))
+    subscriber.push((2, b"two"))
+    assert await subscriber.next(1) == (1, b"one")
+    assert await subscriber.next(1) == (2, b"two")
+
+
+async def test_next_gives_none_when_idle() -> None:
+    subscriber = Subscriber("student-1", limit=10)
+    assert await subscriber.next(0.05) is None
+    assert subscriber.closed is None
+
+
+async def test_next_waits_for_a_push() -> None:
+    subscriber = Subscriber("student-1", limit=10)
+    waiting = asyncio.create_task(subscriber.next(5))
+    await asyncio.sleep(0)
+    subscriber.push((1, b"one"))
+    assert await asyncio.wait_for(waiting, 1) == (1, b"one")
+
+
+async def test_overflow_closes_the_stream() -> None:
+    subscriber = Subscriber("student-1", limit=2)
+    for seq in range(3):
+        subscriber.push((seq, b"frame"))
+    assert subscriber.closed == "overflow"
+    assert await asyncio.wait_for(subscriber.next(5), 0.5) is None
+    subscriber.push((4, b"late"))
+    assert not subscriber.frames
+
+
+async def test_close_wakes_a_waiting_next() -> None:
+    subscriber = Subscriber("student-1", limit=10)
+    waiting = asyncio.create_task(subscriber.next(5))
+    await asyncio.sleep(0)
+    subscriber.close("shutdown")
+    assert await asyncio.wait_for(waiting, 1) is None
+    assert subscriber.closed == "shutdown"
+
+
+async def test_dispatch_shares_one_frame_among_a_students_streams() -> None:
+    hub, bindings = make_hub()
+    first = await hub.subscribe("student-1")
+    second = await hub.subscribe("student-1")
+    other = await hub.subscribe("student-2")
+
+    hub.dispatch(grade_for("student-1", seq=5))
+
+    (seq_a, frame_a), (seq_b, frame_b) = first.frames[0], second.frames[0]
+    assert seq_a == seq_b == 5
+    assert frame_a is frame_b
+    assert frame_a.startswith(b"id: 5\nevent: grade\n")
+    assert len(first.frames) == len(second.frames) == 1
+    assert not other.frames
+    expected = [shard_of("student-1", SHARDS)] * 2 + [shard_of("student-2", SHARDS)]
+    assert bindings.acquired == expected
+
+
+async def test_dispatch_to_a_student_with_no_stream_is_dropped() -> None:
+    hub, _ = make_hub()
+    other = await hub.subscribe("student-2")
+    hub.dispatch(grade_for("student-1"))
+    assert not other.frames
+    assert hub.counts() == {"student-2": 1}
+
+
+async def test_too_many_streams_for_one_student() -> None:
+    hub, bindings = make_hub(max_per_student=2)
+    await hub.subscribe("student-1")
+    await hub.subscribe("student-1")
+    with pytest.raises(TooManyConnections):
+        await hub.subscribe("student-1")
+    assert hub.counts() == {"student-1": 2}
+    assert len(bindings.acquired) == 2
+
+
+async def test_a_failed_binding_leaves_no_stream_behind() -> None:
+    hub, bindings = make_hub()
+    bindings.fail = True
+    with pytest.raises(ConnectionError):
+        await hub.subscribe("student-1")
+    assert hub.counts() == {}
+
+
+async def test_unsubscribe_forgets_a_student_after_their_last_stream() -> None:
+    hub, bindings = make_hub()
+    first = await hub.subscribe("student-1")
+    second = await hub.subscribe("student-1")
+    shard = shard_of("student-1", SHARDS)
+
+    hub.unsubscribe(first)
+    assert hub.counts() == {"student-1": 1}
+    assert first.closed == "unsubscribed"
+
+    hub.unsubscribe(second)
+    assert hub.counts() == {}
+    assert bindings.released == [shard, shard]
