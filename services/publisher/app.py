@@ -15,8 +15,8 @@ from services.core.db import create_engine
 from services.core.settings import Settings, get_settings
 from services.publisher.outbox import OutboxRelay
 from services.publisher.routes import router
-from services.web.errors import install_error_handlers
-from services.web.health import broker_ready, database_ready, health_router
+from services.web.app import service_app
+from services.web.health import broker_ready, database_ready
 
 
 class PublisherState(TypedDict):
@@ -53,8 +53,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await connection.close()
             await engine.dispose()
 
-    app = FastAPI(title="gradecast publisher", version="0.1.0", lifespan=lifespan)
-    install_error_handlers(app)
-    app.include_router(router)
-    app.include_router(health_router(readiness))
-    return app
+    return service_app("gradecast publisher", lifespan, router, readiness)

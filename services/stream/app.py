@@ -15,8 +15,8 @@ from services.stream.bindings import ShardBindings
 from services.stream.consumer import NodeQueue, declare_node_queue, message_handler
 from services.stream.hub import Hub
 from services.stream.routes import router
-from services.web.errors import install_error_handlers
-from services.web.health import broker_ready, database_ready, health_router
+from services.web.app import service_app
+from services.web.health import broker_ready, database_ready
 
 
 class StreamState(TypedDict):
@@ -69,8 +69,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await connection.close()  # the exclusive queue goes with it
             await engine.dispose()
 
-    app = FastAPI(title="gradecast stream node", version="0.1.0", lifespan=lifespan)
-    install_error_handlers(app)
-    app.include_router(router)
-    app.include_router(health_router(readiness))
-    return app
+    return service_app("gradecast stream node", lifespan, router, readiness)

@@ -17,6 +17,13 @@ INSERT = text("""
 """)
 
 
+async def insert_aged(db: AsyncEngine, student: str, seqs: range, age: timedelta) -> None:
+    """Notifications published `age` ago, written straight to the table."""
+    params = {"student": student, "published_at": datetime.now(UTC) - age}
+    async with db.begin() as connection:
+        await connection.execute(INSERT, {**params, "first": seqs[0], "last": seqs[-1]})
+
+
 async def seqs_of(db: AsyncEngine, student: str) -> list[int]:
     query = text("SELECT seq FROM notifications WHERE student_id = :s ORDER BY seq")
     async with db.connect() as connection:
@@ -39,12 +46,8 @@ async def test_once_purges_only_what_is_older_than_the_retention_window(
     db: AsyncEngine, service_env: dict[str, str]
 ) -> None:
     student = unique()
-    now = datetime.now(UTC)
-    async with db.begin() as connection:
-        old = {"student": student, "published_at": now - timedelta(hours=30)}
-        await connection.execute(INSERT, {**old, "first": 1, "last": 7})
-        recent = {"student": student, "published_at": now - timedelta(hours=20)}
-        await connection.execute(INSERT, {**recent, "first": 8, "last": 10})
+    await insert_aged(db, student, range(1, 8), timedelta(hours=30))
+    await insert_aged(db, student, range(8, 11), timedelta(hours=20))
 
     # Batches of 3 over 7 expired rows: three batches, the last one short.
     env = {**service_env, "RETENTION_HOURS": "24", "RETENTION_BATCH_SIZE": "3"}
@@ -61,10 +64,7 @@ async def test_retention_hours_can_be_seconds_worth(
     db: AsyncEngine, service_env: dict[str, str]
 ) -> None:
     student = unique()
-    now = datetime.now(UTC)
-    async with db.begin() as connection:
-        old = {"student": student, "published_at": now - timedelta(seconds=30)}
-        await connection.execute(INSERT, {**old, "first": 1, "last": 2})
+    await insert_aged(db, student, range(1, 3), timedelta(seconds=30))
     env = {**service_env, "RETENTION_HOURS": str(10 / 3600)}
     result = run_retention(env, "--once")
     assert result.returncode == 0, result.stderr

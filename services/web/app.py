@@ -1,0 +1,23 @@
+"""How each HTTP service is assembled: its routes, health, and the one error shape."""
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from importlib.metadata import version
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+
+from services.web.errors import install_error_handlers
+from services.web.health import ReadinessChecks, health_router
+
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[Any]]
+
+
+def service_app(
+    title: str, lifespan: Lifespan, router: APIRouter, readiness: ReadinessChecks
+) -> FastAPI:
+    app = FastAPI(title=title, version=version("gradecast"), lifespan=lifespan)
+    install_error_handlers(app)
+    app.include_router(router)
+    app.include_router(health_router(readiness))
+    return app
