@@ -32,6 +32,7 @@ class Connections(CamelModel):
 @router.get(
     "/notifications/stream/{student_id}",
     response_class=EventStream,
+    status_code=200,  # FastAPI cannot read it from EventStream's constructor
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "`grade` events"},
         401: {"description": "No valid token"},
