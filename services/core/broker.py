@@ -5,16 +5,24 @@ node binds the shards of the students it serves to its own exclusive queue, so t
 of bindings stays at most BROKER_SHARDS however many students come and go.
 """
 
+import logging
 import zlib
+from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 
 from services.core.settings import Settings
 
 EXCHANGE = "gradecast.grades"
 DEAD_LETTER_EXCHANGE = "gradecast.dead-letter"
 DEAD_LETTER_QUEUE = "gradecast.dead-letter"
+RECONNECT_SECONDS = 1.0
+# What talking to RabbitMQ raises when it is down or the channel is gone.
+BROKER_ERRORS = (AMQPError, ChannelInvalidStateError, ConnectionError, TimeoutError)
+
+logger = logging.getLogger(__name__)
 
 
 def shard_of(student_id: str, shards: int) -> int:
@@ -35,8 +43,34 @@ async def connect(settings: Settings, name: str) -> AbstractRobustConnection:
     return await aio_pika.connect_robust(
         settings.AMQP_URL,
         timeout=settings.BROKER_TIMEOUT_SECONDS,
+        reconnect_interval=RECONNECT_SECONDS,
         client_properties={"connection_name": name},
     )
+
+
+class BrokerLink:
+    """Whether a robust connection is up at this moment (its is_closed stays False while it
+    reconnects), and a hook for what must happen once it is restored."""
+
+    def __init__(self, connection: AbstractRobustConnection) -> None:
+        self.up = True
+        self.reconnects = 0
+        self.on_restored: list[Any] = []
+        connection.close_callbacks.add(self.lost)
+        connection.reconnect_callbacks.add(self.restored)
+
+    def lost(self, *_: object) -> None:
+        if self.up:
+            logger.warning("lost the connection to RabbitMQ; reconnecting")
+        self.up = False
+
+    def restored(self, *_: object) -> None:
+        """Called once the channels, queues, bindings and consumers are restored."""
+        self.up = True
+        self.reconnects += 1
+        logger.info("reconnected to RabbitMQ")
+        for callback in self.on_restored:
+            callback()
 
 
 async def declare_topology(channel: AbstractChannel) -> AbstractExchange:

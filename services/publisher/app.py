@@ -6,30 +6,30 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypedDict
 
-from aio_pika.abc import AbstractRobustConnection
 from fastapi import FastAPI, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.core import broker
+from services.core.broker import BrokerLink
 from services.core.db import create_engine
 from services.core.settings import Settings, get_settings
 from services.publisher.outbox import OutboxRelay
 from services.publisher.routes import router
 from services.web.app import service_app
-from services.web.health import broker_ready, database_ready
+from services.web.health import database_ready
 
 
 class PublisherState(TypedDict):
     settings: Settings
     engine: AsyncEngine
-    broker: AbstractRobustConnection
+    broker: BrokerLink
     relay: OutboxRelay
 
 
 async def readiness(request: Request) -> dict[str, bool]:
     return {
         "database": await database_ready(request.state.engine),
-        "broker": broker_ready(request.state.broker),
+        "broker": request.state.broker.up,
     }
 
 
@@ -43,10 +43,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         connection = await broker.connect(settings, f"gradecast-publisher-{os.getpid()}")
         channel = await connection.channel(publisher_confirms=True)
         exchange = await broker.declare_topology(channel)
-        relay = OutboxRelay(engine, connection, exchange, settings.BROKER_TIMEOUT_SECONDS)
+        link = BrokerLink(connection)
+        relay = OutboxRelay(engine, link, exchange, settings.BROKER_TIMEOUT_SECONDS)
         relay_loop = asyncio.create_task(relay.run(), name="outbox-relay")
         try:
-            yield {"settings": settings, "engine": engine, "broker": connection, "relay": relay}
+            yield {"settings": settings, "engine": engine, "broker": link, "relay": relay}
         finally:
             relay_loop.cancel()
             await asyncio.gather(relay_loop, return_exceptions=True)

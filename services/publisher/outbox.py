@@ -11,10 +11,11 @@ import logging
 from collections.abc import Sequence
 
 import aio_pika
-from aio_pika.abc import AbstractExchange, AbstractRobustConnection
+from aio_pika.abc import AbstractExchange
 from sqlalchemy import delete, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.core.broker import BROKER_ERRORS, BrokerLink
 from services.core.db import DatabaseUnavailable, transaction
 from services.core.models import OutboxMessage
 from services.publisher.store import Outgoing
@@ -38,19 +39,19 @@ class OutboxRelay:
     def __init__(
         self,
         engine: AsyncEngine,
-        connection: AbstractRobustConnection,
+        link: BrokerLink,
         exchange: AbstractExchange,
         timeout_seconds: float,
     ) -> None:
         self.engine = engine
-        self.connection = connection
+        self.link = link
         self.exchange = exchange
         self.timeout_seconds = timeout_seconds
 
     async def send_now(self, messages: Sequence[Outgoing]) -> bool:
         """After a commit: send, then delete. A failure leaves the rows to the relay loop."""
-        if not messages or self.connection.is_closed:
-            return False
+        if not messages or not self.link.up:
+            return False  # never wait on a broker that is down: the relay sends them later
         try:
             await self.publish(messages)
             async with transaction(self.engine) as connection:
@@ -78,7 +79,7 @@ class OutboxRelay:
         while True:
             try:
                 sent = await self.relay_stale()
-            except (aio_pika.exceptions.AMQPError, TimeoutError, DatabaseUnavailable) as error:
+            except (*BROKER_ERRORS, DatabaseUnavailable) as error:
                 logger.warning("outbox: relay failed, will retry: %r", error)
                 sent = 0
             except Exception:  # the loop must outlive any one failure

@@ -3,7 +3,6 @@
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from aio_pika.abc import AbstractRobustConnection
 from fastapi import APIRouter, Request
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -22,10 +21,6 @@ async def database_ready(engine: AsyncEngine) -> bool:
     except Exception:
         return False
     return True
-
-
-def broker_ready(connection: AbstractRobustConnection) -> bool:
-    return not connection.is_closed
 
 
 def health_router(checks: ReadinessChecks) -> APIRouter:
