@@ -4,6 +4,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Callable
+from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
@@ -15,10 +16,26 @@ PUBLISHER_PORT, STREAM_PORT = 8000, 8001
 GRACEFUL_SHUTDOWN_SECONDS = 5
 
 
+class Server(uvicorn.Server):
+    """Tells the app when shutdown begins (app.state.drain), so that it can end its
+    long-lived streams: uvicorn waits for open responses to finish before the app would
+    otherwise hear of it."""
+
+    def __init__(self, app: FastAPI, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        drain = getattr(self.app.state, "drain", None)
+        if drain is not None and not self.should_exit:
+            asyncio.get_running_loop().call_soon_threadsafe(drain)
+        super().handle_exit(sig, frame)
+
+
 def serve(factory: Callable[[], FastAPI], settings: Settings, port: int) -> None:
-    uvicorn.run(
-        factory,
-        factory=True,
+    app = factory()
+    config = uvicorn.Config(
+        app,
         host=settings.HOST,
         port=port,
         loop="uvloop",
@@ -26,6 +43,7 @@ def serve(factory: Callable[[], FastAPI], settings: Settings, port: int) -> None
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         log_config=None,
     )
+    Server(app, config).run()
 
 
 def run_publisher(args: argparse.Namespace) -> None:

@@ -33,7 +33,11 @@ class Settings(BaseSettings):
 
     HEARTBEAT_SECONDS: float = Field(default=15, gt=0)
     RECONNECT_MILLISECONDS: int = Field(default=3000, ge=0)  # the SSE `retry:` hint
+    # Streams a node ends (shutdown, overload) reconnect after RECONNECT_MILLISECONDS plus up
+    # to this much at random, so that its clients do not all come back in the same instant.
+    RECONNECT_JITTER_MILLISECONDS: int = Field(default=10_000, ge=0)
     MAX_CONNECTIONS_PER_STUDENT: int = Field(default=3, ge=1)
+    MAX_CONNECTIONS_PER_NODE: int = Field(default=19_000, ge=1)  # below the open-file limit
     CONNECTION_BUFFER_EVENTS: int = Field(default=1024, ge=1)  # a slower reader is dropped
 
     BROKER_SHARDS: int = Field(default=64, ge=1, le=4096)

@@ -4,35 +4,39 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypedDict
 
-from aio_pika.abc import AbstractRobustConnection
 from fastapi import FastAPI, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.core import broker
+from services.core.broker import BrokerLink
 from services.core.db import create_engine
 from services.core.settings import Settings, get_settings
 from services.stream.bindings import ShardBindings
 from services.stream.consumer import NodeQueue, declare_node_queue, message_handler
 from services.stream.hub import Hub
 from services.stream.routes import router
+from services.stream.sse import Reconnect
 from services.web.app import service_app
-from services.web.health import broker_ready, database_ready
+from services.web.health import database_ready
 
 
 class StreamState(TypedDict):
     settings: Settings
     engine: AsyncEngine
-    broker: AbstractRobustConnection
+    broker: BrokerLink
     node_queue: NodeQueue
     hub: Hub
+    reconnect: Reconnect
 
 
 async def readiness(request: Request) -> dict[str, bool]:
     node_queue: NodeQueue = request.state.node_queue
+    link: BrokerLink = request.state.broker
     return {
         "database": await database_ready(request.state.engine),
-        "broker": broker_ready(request.state.broker),
-        "consumer": not node_queue.channel.is_closed,
+        "broker": link.up,
+        # Robust reconnects can leave a consumer silently gone: not ready until it is back.
+        "consumer": link.up and not node_queue.channel.is_closed,
     }
 
 
@@ -51,16 +55,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             bindings,
             shards=settings.BROKER_SHARDS,
             max_per_student=settings.MAX_CONNECTIONS_PER_STUDENT,
+            max_per_node=settings.MAX_CONNECTIONS_PER_NODE,
             buffer_events=settings.CONNECTION_BUFFER_EVENTS,
         )
         consumer_tag = await node_queue.queue.consume(message_handler(hub))
+        link = BrokerLink(connection)
+        link.on_restored.append(hub.resync_all)
+        app.state.drain = lambda: hub.close_all("shutdown")  # called when shutdown begins
+        reconnect = Reconnect(
+            settings.RECONNECT_MILLISECONDS, settings.RECONNECT_JITTER_MILLISECONDS
+        )
         try:
             yield {
                 "settings": settings,
                 "engine": engine,
-                "broker": connection,
+                "broker": link,
                 "node_queue": node_queue,
                 "hub": hub,
+                "reconnect": reconnect,
             }
         finally:
             hub.close_all("shutdown")

@@ -1,5 +1,7 @@
 """Server-Sent Events frames, encoded once and shared by every stream they go to."""
 
+import orjson
+
 from services.core.events import NotificationPublic
 
 KEEPALIVE = b": keepalive\n\n"
@@ -13,3 +15,11 @@ def encode_event(notification: NotificationPublic) -> bytes:
 
 def encode_retry(milliseconds: int) -> bytes:
     return f"retry: {milliseconds}\n\n".encode()
+
+
+def encode_reset(reason: str) -> bytes:
+    """Some of what the client asked for is no longer retained ("expired"), or its id was
+    never this student's ("unknown-id"): it should reload rather than trust it has all.
+    No `id:`, so the client's Last-Event-ID stays where it was."""
+    data = orjson.dumps({"reason": reason}).decode()
+    return f"event: reset\ndata: {data}\n\n".encode()

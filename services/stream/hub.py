@@ -16,14 +16,18 @@ Frame = tuple[int, bytes]  # the student's sequence number and the encoded SSE f
 
 
 class TooManyConnections(Exception):
-    pass
+    """The student has MAX_CONNECTIONS_PER_STUDENT streams on this node already."""
+
+
+class NodeFull(Exception):
+    """The node holds MAX_CONNECTIONS_PER_NODE streams already."""
 
 
 class Subscriber:
     """One open stream: a bounded buffer the hub fills and the connection drains. A reader
     that falls further behind than the buffer is closed, and replays on reconnect."""
 
-    __slots__ = ("student_id", "limit", "frames", "waiter", "closed")
+    __slots__ = ("student_id", "limit", "frames", "waiter", "closed", "resync", "writer")
 
     def __init__(self, student_id: str, limit: int) -> None:
         self.student_id = student_id
@@ -31,6 +35,8 @@ class Subscriber:
         self.frames: deque[Frame] = deque()
         self.waiter: asyncio.Future[None] | None = None
         self.closed: str | None = None  # why, once closed
+        self.resync = False  # live frames may have been lost: check Postgres
+        self.writer: asyncio.Task[object] | None = None  # the task writing to the client
 
     def push(self, frame: Frame) -> None:
         if self.closed:
@@ -50,13 +56,18 @@ class Subscriber:
             self.frames.clear()
             self.wake()
 
+    def request_resync(self) -> None:
+        self.resync = True
+        self.wake()
+
     def wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
     async def next(self, idle_seconds: float) -> Frame | None:
-        """The next frame; None after `idle_seconds` without one, or once closed."""
-        if not self.frames and not self.closed:
+        """The next frame; None after `idle_seconds` without one, on a resync request, or
+        once closed."""
+        if not self.frames and not self.closed and not self.resync:
             self.waiter = asyncio.get_running_loop().create_future()
             try:
                 async with asyncio.timeout(idle_seconds):
@@ -72,22 +83,33 @@ class Subscriber:
 
 class Hub:
     def __init__(
-        self, bindings: ShardBindings, shards: int, max_per_student: int, buffer_events: int
+        self,
+        bindings: ShardBindings,
+        *,
+        shards: int,
+        max_per_student: int,
+        max_per_node: int,
+        buffer_events: int,
     ) -> None:
         self.bindings = bindings
         self.shards = shards
         self.max_per_student = max_per_student
+        self.max_per_node = max_per_node
         self.buffer_events = buffer_events
         self.students: dict[str, set[Subscriber]] = {}
+        self.total = 0
 
     async def subscribe(self, student_id: str) -> Subscriber:
-        """Registers at once (so the limit holds under concurrency), then waits for the
+        """Registers at once (so the limits hold under concurrency), then waits for the
         student's shard to be bound. Pair with unsubscribe()."""
+        if self.total >= self.max_per_node:
+            raise NodeFull()
         streams = self.students.setdefault(student_id, set())
         if len(streams) >= self.max_per_student:
             raise TooManyConnections(student_id)
         subscriber = Subscriber(student_id, self.buffer_events)
         streams.add(subscriber)
+        self.total += 1
         try:
             await self.bindings.acquire(shard_of(student_id, self.shards))
         except BaseException:
@@ -102,8 +124,9 @@ class Hub:
 
     def forget(self, subscriber: Subscriber) -> None:
         streams = self.students.get(subscriber.student_id)
-        if streams is not None:
+        if streams is not None and subscriber in streams:
             streams.discard(subscriber)
+            self.total -= 1
             if not streams:
                 del self.students[subscriber.student_id]
 
@@ -115,10 +138,18 @@ class Hub:
         for subscriber in tuple(streams):
             subscriber.push(frame)
 
+    def subscribers(self) -> list[Subscriber]:
+        return [subscriber for streams in self.students.values() for subscriber in streams]
+
     def close_all(self, reason: str) -> None:
-        for streams in list(self.students.values()):
-            for subscriber in tuple(streams):
-                subscriber.close(reason)
+        for subscriber in self.subscribers():
+            subscriber.close(reason)
+
+    def resync_all(self) -> None:
+        """After the broker connection was lost: every stream checks Postgres for what it
+        missed meanwhile."""
+        for subscriber in self.subscribers():
+            subscriber.request_resync()
 
     def counts(self) -> dict[str, int]:
         return {student: len(streams) for student, streams in self.students.items()}

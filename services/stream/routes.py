@@ -1,17 +1,21 @@
 """A student's live stream, what they missed, and this node's open connections."""
 
+import asyncio
+import logging
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request, Response
 
+from services.core.broker import BROKER_ERRORS
 from services.core.events import CamelModel, NotificationPublic
 from services.stream.auth import Student
 from services.stream.history import notifications_of
-from services.stream.hub import TooManyConnections
-from services.stream.sse import EventStream
+from services.stream.hub import NodeFull, TooManyConnections
+from services.stream.sse import EventStream, RetryLater
 from services.web.errors import InvalidRequest, TooManyRequests
 
+logger = logging.getLogger(__name__)
 router = APIRouter(tags=["notifications"])
 
 EVENT_ID = r"^[0-9]{1,18}$"
@@ -45,24 +49,32 @@ async def stream_notifications(
     request: Request,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", pattern=EVENT_ID)] = None,
     last_event_id_query: Annotated[str | None, Query(alias="lastEventId", pattern=EVENT_ID)] = None,
-) -> EventStream:
+) -> Response:
     """Live grades as Server-Sent Events, after replaying those since Last-Event-ID."""
     state = request.state
     after = last_event_id or last_event_id_query
     try:
-        subscriber = await state.hub.subscribe(student_id)
+        async with asyncio.timeout(state.settings.BROKER_TIMEOUT_SECONDS):
+            subscriber = await state.hub.subscribe(student_id)
     except TooManyConnections:
+        # Deliberate and lasting: an extra tab should stop trying, so not a 200.
         raise TooManyRequests(
             f"at most {state.settings.MAX_CONNECTIONS_PER_STUDENT} streams per student on one node",
             CONNECTION_LIMIT_RETRY_SECONDS,
         ) from None
+    except NodeFull:
+        logger.warning("node full: told a client to come back later")
+        return RetryLater(state.reconnect)
+    except BROKER_ERRORS as error:
+        logger.warning("could not bind the shard of %s: %r", student_id, error)
+        return RetryLater(state.reconnect)
     return EventStream(
         engine=state.engine,
         subscriber=subscriber,
         release=state.hub.unsubscribe,
         after=int(after) if after is not None else None,
         heartbeat_seconds=state.settings.HEARTBEAT_SECONDS,
-        retry_milliseconds=state.settings.RECONNECT_MILLISECONDS,
+        reconnect=state.reconnect,
     )
 
 

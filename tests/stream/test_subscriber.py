@@ -9,7 +9,7 @@ import pytest
 from services.core.broker import shard_of
 from services.core.events import NotificationPublic
 from services.stream.bindings import ShardBindings
-from services.stream.hub import Hub, Subscriber, TooManyConnections
+from services.stream.hub import Hub, NodeFull, Subscriber, TooManyConnections
 
 SHARDS = 64
 
@@ -32,9 +32,15 @@ class FakeBindings:
         self.released.append(shard)
 
 
-def make_hub(max_per_student: int = 3) -> tuple[Hub, FakeBindings]:
+def make_hub(max_per_student: int = 3, max_per_node: int = 100) -> tuple[Hub, FakeBindings]:
     bindings = FakeBindings()
-    hub = Hub(cast(ShardBindings, bindings), SHARDS, max_per_student, buffer_events=16)
+    hub = Hub(
+        cast(ShardBindings, bindings),
+        shards=SHARDS,
+        max_per_student=max_per_student,
+        max_per_node=max_per_node,
+        buffer_events=16,
+    )
     return hub, bindings
 
 
@@ -149,3 +155,25 @@ async def test_unsubscribe_forgets_a_student_after_their_last_stream() -> None:
     hub.unsubscribe(second)
     assert hub.counts() == {}
     assert bindings.released == [shard, shard]
+
+
+async def test_a_full_node_refuses_new_streams_until_one_closes() -> None:
+    hub, _ = make_hub(max_per_node=2)
+    first = await hub.subscribe("student-1")
+    await hub.subscribe("student-2")
+    with pytest.raises(NodeFull):
+        await hub.subscribe("student-3")
+    assert hub.total == 2
+    hub.unsubscribe(first)
+    await hub.subscribe("student-3")
+    assert hub.total == 2
+
+
+async def test_resync_wakes_a_waiting_stream_without_a_frame() -> None:
+    hub, _ = make_hub()
+    subscriber = await hub.subscribe("student-1")
+    waiting = asyncio.create_task(subscriber.next(5))
+    await asyncio.sleep(0)
+    hub.resync_all()
+    assert await asyncio.wait_for(waiting, 1) is None
+    assert subscriber.resync and not subscriber.closed
