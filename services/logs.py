@@ -16,9 +16,19 @@ class RedactTokens(logging.Filter):
         return True
 
 
+class DroppedStreams(logging.Filter):
+    """A stream node leaves the response of a reader that stopped reading unfinished, so
+    that the server closes its connection (services/stream/sse.py); uvicorn reports that as
+    an error, which here it is not. The node logs the drop itself, as a warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "ASGI callable returned without completing response."
+
+
 def configure_logging() -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(RedactTokens())
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
+    logging.getLogger("uvicorn.error").addFilter(DroppedStreams())

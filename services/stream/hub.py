@@ -42,10 +42,10 @@ class Subscriber:
         if self.closed:
             return
         if len(self.frames) >= self.limit:
-            logger.warning(
-                "stream of %s fell %d events behind: closed", self.student_id, self.limit
-            )
+            logger.warning("dropped a stream of %s: %d events behind", self.student_id, self.limit)
             self.close("overflow")
+            if self.writer is not None:
+                self.writer.cancel()  # it may be stuck writing to a client that stopped reading
             return
         self.frames.append(frame)
         self.wake()
