@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from services.core.migrate import migrate
+from tests.proxy import TcpProxy
 from tests.support import (
     JWT_SECRET,
     MANAGEMENT_AUTH,
@@ -91,6 +92,42 @@ def node_a(service_env: dict[str, str], logs: Path) -> Iterator[ServiceProcess]:
 @pytest.fixture(scope="session")
 def node_b(service_env: dict[str, str], logs: Path) -> Iterator[ServiceProcess]:
     yield from run_service(["stream", "--node-id", "node-b"], service_env, logs)
+
+
+@pytest.fixture
+def postgres_proxy() -> Iterator[TcpProxy]:
+    proxy = TcpProxy(5432).start()
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def rabbitmq_proxy() -> Iterator[TcpProxy]:
+    proxy = TcpProxy(5672).start()
+    yield proxy
+    proxy.close()
+
+
+class Services:
+    """Service processes of one test's own, stopped when it ends."""
+
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        self.env, self.logs, self.started = env, logs, list[ServiceProcess]()
+
+    def start(self, *args: str, wait_ready: bool = True, **env: str) -> ServiceProcess:
+        port = free_port()
+        log = self.logs / f"{'-'.join(args)}-{port}.log"
+        service = ServiceProcess([*args, "--port", str(port)], {**self.env, **env}, log, port)
+        self.started.append(service)
+        return service.start(wait_ready)
+
+
+@pytest.fixture
+def services(service_env: dict[str, str], logs: Path) -> Iterator[Services]:
+    started = Services(service_env, logs)
+    yield started
+    for service in started.started:
+        service.stop()
 
 
 @pytest.fixture

@@ -221,6 +221,15 @@ def queue_bindings(vhost: str, queue: str) -> set[str]:
     return {b["routing_key"] for b in response.json() if b["source"]}
 
 
+async def is_ready(service: ServiceProcess) -> bool:
+    async with httpx.AsyncClient(timeout=5) as client:
+        return (await client.get(f"{service.url}/ready")).status_code == 200
+
+
+async def is_not_ready(service: ServiceProcess) -> bool:
+    return not await is_ready(service)
+
+
 async def eventually(check: Any, seconds: float = 10, interval: float = 0.1) -> None:
     """Polls `check` (returning truthy when met) until it holds."""
     deadline = time.monotonic() + seconds
