@@ -128,8 +128,7 @@ class EventStream(Response):
         if self.after is None:
             sent = newest  # a fresh stream: only what is published from now on
         elif self.after > newest:  # an id this student never had: not "nothing missed"
-            await send(chunk(encode_reset("unknown-id")))
-            sent = await self.replay(send, 0, newest)
+            sent = await self.replay(send, 0, newest, reset="unknown-id")
         else:
             sent = await self.replay(send, self.after, newest)
         while True:
@@ -151,21 +150,28 @@ class EventStream(Response):
             await send(chunk(data))
             sent = seq
 
-    async def replay(self, send: Send, after: int, until: int | None = None) -> int:
+    async def replay(
+        self, send: Send, after: int, until: int | None = None, reset: str | None = None
+    ) -> int:
         """Sends what Postgres holds after `after` (up to `until` at least, when given);
         returns the last sequence number sent. Sequences are gapless, so a jump means the
-        retention worker purged what lies between: the client is told with a reset event."""
+        retention worker purged what lies between: the client is told with one reset event
+        (or with `reset`, a reason known beforehand)."""
         student_id = self.subscriber.student_id
+        if reset is not None:
+            await send(chunk(encode_reset(reset)))
         while not self.subscriber.closed:
             page = await notifications_of(self.engine, student_id, after=after, limit=REPLAY_PAGE)
-            if page and page[0].seq != after + 1:
-                await send(chunk(encode_reset("expired")))
+            if page and page[0].seq != after + 1 and reset is None:
+                reset = "expired"
+                await send(chunk(encode_reset(reset)))
             if page:
                 await send(chunk(b"".join(encode_event(n) for n in page)))
                 after = page[-1].seq
             if len(page) < REPLAY_PAGE:
                 break
         if until is not None and after < until:  # everything up to `until` was purged
-            await send(chunk(encode_reset("expired")))
+            if reset is None:
+                await send(chunk(encode_reset("expired")))
             after = until
         return after
