@@ -5,6 +5,7 @@ node binds the shards of the students it serves to its own exclusive queue, so t
 of bindings stays at most BROKER_SHARDS however many students come and go.
 """
 
+import asyncio
 import logging
 import zlib
 from typing import Any
@@ -46,6 +47,15 @@ async def connect(settings: Settings, name: str) -> AbstractRobustConnection:
         reconnect_interval=RECONNECT_SECONDS,
         client_properties={"connection_name": name},
     )
+
+
+async def close(connection: AbstractRobustConnection, timeout_seconds: float) -> None:
+    """Close without waiting on a broker that is unreachable: shutdown must not hang."""
+    try:
+        async with asyncio.timeout(timeout_seconds):
+            await connection.close()
+    except BROKER_ERRORS as error:
+        logger.warning("closed the RabbitMQ connection uncleanly: %r", error)
 
 
 class BrokerLink:

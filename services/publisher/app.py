@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             relay_loop.cancel()
             await asyncio.gather(relay_loop, return_exceptions=True)
-            await connection.close()
+            await broker.close(connection, settings.BROKER_TIMEOUT_SECONDS)
             await engine.dispose()
 
     return service_app("gradecast publisher", lifespan, router, readiness)

@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_per_node=settings.MAX_CONNECTIONS_PER_NODE,
             buffer_events=settings.CONNECTION_BUFFER_EVENTS,
         )
-        consumer_tag = await node_queue.queue.consume(message_handler(hub))
+        await node_queue.queue.consume(message_handler(hub))
         link = BrokerLink(connection)
         link.on_restored.append(hub.resync_all)
         app.state.drain = lambda: hub.close_all("shutdown")  # called when shutdown begins
@@ -76,9 +76,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             }
         finally:
             hub.close_all("shutdown")
-            await node_queue.queue.cancel(consumer_tag)
             await bindings.close()
-            await connection.close()  # the exclusive queue goes with it
+            # Closing the connection ends its consumer; the exclusive queue goes with it.
+            await broker.close(connection, settings.BROKER_TIMEOUT_SECONDS)
             await engine.dispose()
 
     return service_app("gradecast stream node", lifespan, router, readiness)

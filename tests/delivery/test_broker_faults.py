@@ -1,5 +1,7 @@
 """RabbitMQ unreachable: from a publisher, and from a stream node."""
 
+import asyncio
+import signal
 import time
 
 import httpx
@@ -80,3 +82,10 @@ async def test_a_node_that_loses_the_broker_fills_the_gap_from_postgres(
         await stream.assert_quiet(1.5)
     expected = [first, *missed, live]
     assert received == [r["notifications"][0]["id"] for r in expected]
+
+    # Stopping it while the broker is unreachable does not hang on the broker.
+    rabbitmq_proxy.cut()
+    await eventually(lambda: is_not_ready(node))
+    assert node.process is not None
+    node.process.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(node.process.wait, 10) == -signal.SIGTERM
