@@ -3,7 +3,18 @@
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Identity, Index, LargeBinary, MetaData, String, Text, text
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Identity,
+    Index,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Text,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -80,3 +91,14 @@ class IdempotencyKey(Base):
     request_hash: Mapped[str] = mapped_column(String(64))
     response: Mapped[Any | None] = mapped_column(JSONB)  # written in the claiming transaction
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=text("now()"))
+
+
+class RetentionFloor(Base):
+    """How far the retention worker has purged: everything published before
+    `purged_before` is gone. One row."""
+
+    __tablename__ = "retention_floor"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(SmallInteger, primary_key=True, default=1)
+    purged_before: Mapped[datetime] = mapped_column(Timestamp)

@@ -6,11 +6,12 @@ import logging
 import signal
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.core.db import DatabaseUnavailable, create_engine, transaction
-from services.core.models import IdempotencyKey, Notification
+from services.core.models import IdempotencyKey, Notification, RetentionFloor
 from services.core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -22,7 +23,8 @@ async def purge_expired(
     engine: AsyncEngine, *, older_than: datetime, batch_size: int, stop: asyncio.Event
 ) -> int:
     """How many notifications were deleted. Oldest first, so an interrupted pass leaves no
-    hole in what is retained; `stop` is checked between batches."""
+    hole in what is retained; `stop` is checked between batches. A complete pass records
+    its cut-off as the retention floor."""
     expired = (
         select(Notification.id)
         .where(Notification.published_at < older_than)
@@ -39,9 +41,17 @@ async def purge_expired(
             logger.info("retention: %d notifications purged so far", total)
         if deleted < batch_size:
             break
+    if stop.is_set():
+        return total
     async with transaction(engine) as connection:
+        expired_keys = IdempotencyKey.created_at < older_than
+        await connection.execute(delete(IdempotencyKey).where(expired_keys))
+        floor = insert(RetentionFloor).values(id=1, purged_before=older_than)
         await connection.execute(
-            delete(IdempotencyKey).where(IdempotencyKey.created_at < older_than)
+            floor.on_conflict_do_update(
+                index_elements=[RetentionFloor.id],
+                set_={"purged_before": func.greatest(RetentionFloor.purged_before, older_than)},
+            )
         )
     return total
 

@@ -1,5 +1,7 @@
 """Server-Sent Events frames, encoded once and shared by every stream they go to."""
 
+from datetime import datetime
+
 import orjson
 
 from services.core.events import NotificationPublic
@@ -17,9 +19,9 @@ def encode_retry(milliseconds: int) -> bytes:
     return f"retry: {milliseconds}\n\n".encode()
 
 
-def encode_reset(reason: str) -> bytes:
+def encode_reset(reason: str, purged_before: datetime | None) -> bytes:
     """Some of what the client asked for is no longer retained ("expired"), or its id was
     never this student's ("unknown-id"): it should reload rather than trust it has all.
-    No `id:`, so the client's Last-Event-ID stays where it was."""
-    data = orjson.dumps({"reason": reason}).decode()
+    `purgedBefore` is the retention floor. No `id:`, so Last-Event-ID stays as it was."""
+    data = orjson.dumps({"reason": reason, "purgedBefore": purged_before}).decode()
     return f"event: reset\ndata: {data}\n\n".encode()

@@ -7,7 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.core.db import transaction
 from services.core.events import NotificationPublic
-from services.core.models import Notification, StudentSequence
+from services.core.models import Notification, RetentionFloor, StudentSequence
 
 COLUMNS = (
     Notification.seq,
@@ -46,3 +46,9 @@ async def last_seq(engine: AsyncEngine, student_id: str) -> int:
     query = select(StudentSequence.last_seq).where(StudentSequence.student_id == student_id)
     async with transaction(engine) as connection:
         return (await connection.scalar(query)) or 0
+
+
+async def purged_before(engine: AsyncEngine) -> datetime | None:
+    """The retention floor: everything published before it has been purged."""
+    async with transaction(engine) as connection:
+        return await connection.scalar(select(RetentionFloor.purged_before))

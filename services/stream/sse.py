@@ -13,7 +13,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from services.core.db import DatabaseUnavailable
 from services.stream.frames import KEEPALIVE, encode_event, encode_reset, encode_retry
-from services.stream.history import last_seq, notifications_of
+from services.stream.history import last_seq, notifications_of, purged_before
 from services.stream.hub import Subscriber
 
 logger = logging.getLogger(__name__)
@@ -159,12 +159,12 @@ class EventStream(Response):
         (or with `reset`, a reason known beforehand)."""
         student_id = self.subscriber.student_id
         if reset is not None:
-            await send(chunk(encode_reset(reset)))
+            await self.send_reset(send, reset)
         while not self.subscriber.closed:
             page = await notifications_of(self.engine, student_id, after=after, limit=REPLAY_PAGE)
             if page and page[0].seq != after + 1 and reset is None:
                 reset = "expired"
-                await send(chunk(encode_reset(reset)))
+                await self.send_reset(send, reset)
             if page:
                 await send(chunk(b"".join(encode_event(n) for n in page)))
                 after = page[-1].seq
@@ -172,6 +172,9 @@ class EventStream(Response):
                 break
         if until is not None and after < until:  # everything up to `until` was purged
             if reset is None:
-                await send(chunk(encode_reset("expired")))
+                await self.send_reset(send, "expired")
             after = until
         return after
+
+    async def send_reset(self, send: Send, reason: str) -> None:
+        await send(chunk(encode_reset(reason, await purged_before(self.engine))))

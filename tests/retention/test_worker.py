@@ -59,6 +59,12 @@ async def test_once_purges_only_what_is_older_than_the_retention_window(
     again = run_retention(env, "--once")
     assert "purged 0 notifications" in again.stdout
 
+    async with db.connect() as connection:
+        floor = await connection.scalar(text("SELECT purged_before FROM retention_floor"))
+    assert (
+        timedelta(hours=23, minutes=59) < datetime.now(UTC) - floor < timedelta(hours=24, minutes=1)
+    )
+
 
 async def test_retention_hours_can_be_seconds_worth(
     db: AsyncEngine, service_env: dict[str, str]

@@ -4,7 +4,7 @@ import json
 from datetime import UTC, datetime
 
 from services.core.events import NotificationPublic
-from services.stream.frames import encode_event, encode_retry
+from services.stream.frames import encode_event, encode_reset, encode_retry
 
 PUBLISHED_AT = datetime(2025, 3, 1, 12, 30, tzinfo=UTC)
 
@@ -62,3 +62,12 @@ def test_missing_optional_fields_are_null() -> None:
 
 def test_retry_frame() -> None:
     assert encode_retry(3000) == b"retry: 3000\n\n"
+
+
+def test_a_reset_frame_has_no_id_and_says_why_and_since_when() -> None:
+    floor = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    frame = encode_reset("expired", floor).decode()
+    assert frame == (
+        'event: reset\ndata: {"reason":"expired","purgedBefore":"2026-01-02T03:04:05+00:00"}\n\n'
+    )
+    assert "id:" not in encode_reset("unknown-id", None).decode()
