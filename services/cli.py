@@ -41,6 +41,8 @@ def serve(factory: Callable[[], FastAPI], settings: Settings, port: int) -> None
         loop="uvloop",
         http="httptools",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        proxy_headers=True,  # client addresses (for rate limits) as the proxy saw them
+        forwarded_allow_ips=settings.FORWARDED_ALLOW_IPS,
         log_config=None,
     )
     Server(app, config).run()
@@ -82,7 +84,13 @@ def run_token(args: argparse.Namespace) -> None:
     settings.require("GRADECAST_JWT_SECRET")
     assert settings.GRADECAST_JWT_SECRET is not None
     secret = settings.GRADECAST_JWT_SECRET.get_secret_value()
-    print(mint_token(args.student_id, secret, args.ttl_seconds))
+    print(mint_token(args.student_id, secret, args.ttl_seconds, args.tenant))
+
+
+def run_keys(args: argparse.Namespace) -> None:
+    from services.keys_cli import run
+
+    sys.exit(asyncio.run(run(Settings(), args)))
 
 
 def run_dev(args: argparse.Namespace) -> None:
@@ -116,7 +124,18 @@ def parser() -> argparse.ArgumentParser:
     token = commands.add_parser("token", help="mint a student token for development")
     token.add_argument("student_id")
     token.add_argument("--ttl-seconds", type=float, default=24 * 3600)
+    token.add_argument("--tenant", help="the student's school (default: the default tenant)")
     token.set_defaults(run=run_token)
+
+    keys = commands.add_parser("keys", help="manage publisher API keys")
+    key_commands = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = key_commands.add_parser("create", help="create a key and print it, once")
+    create.add_argument("--name", required=True, help="which gradebook it is for")
+    create.add_argument("--tenant", default="default", help="the school it publishes for")
+    key_commands.add_parser("list", help="list keys (never the keys themselves)")
+    revoke = key_commands.add_parser("revoke", help="stop a key from working")
+    revoke.add_argument("key_id", type=int)
+    keys.set_defaults(run=run_keys)
 
     dev = commands.add_parser("dev", help="run everything locally")
     dev.add_argument("--port", type=int, default=PUBLISHER_PORT, help="the publisher's port")

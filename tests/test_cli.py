@@ -9,7 +9,9 @@ import uuid
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from services.core.tokens import verify_token
+from services.core.events import Student
+from services.core.settings import Settings
+from services.core.tokens import TokenVerifier
 from tests.conftest import SERVER_URL, drop_database
 from tests.support import JWT_SECRET, ROOT
 
@@ -28,16 +30,18 @@ def gradecast(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_token_mints_a_token_for_the_student() -> None:
+    verifier = TokenVerifier(Settings(GRADECAST_JWT_SECRET=JWT_SECRET))
     result = gradecast("token", "student-7", GRADECAST_JWT_SECRET=JWT_SECRET)
     assert result.returncode == 0, result.stderr
-    assert verify_token(result.stdout.strip(), JWT_SECRET) == "student-7"
+    assert verifier.verify(result.stdout.strip()) == Student("default", "student-7")
+    school = gradecast("token", "s8", "--tenant", "school-a", GRADECAST_JWT_SECRET=JWT_SECRET)
+    assert verifier.verify(school.stdout.strip()) == Student("school-a", "s8")
 
 
 def test_services_refuse_to_start_without_their_secrets() -> None:
     for command, variable in (
         ("token", "GRADECAST_JWT_SECRET"),
         ("stream", "GRADECAST_JWT_SECRET"),
-        ("publisher", "GRADECAST_PUBLISHER_KEYS"),
     ):
         args = (command, "s") if command == "token" else (command, "--port", "1")
         result = gradecast(*args)
@@ -71,3 +75,24 @@ async def table_names(url: str) -> set[str]:
         names = set((await connection.scalars(query)).all())
     await engine.dispose()
     return names
+
+
+def test_keys_are_created_listed_and_revoked(database_url: str) -> None:
+    created = gradecast(
+        "keys", "create", "--name", "Gradebook X", "--tenant", "school-a", DATABASE_URL=database_url
+    )
+    assert created.returncode == 0, created.stderr
+    key_id = created.stdout.split()[2]
+    key = created.stdout.splitlines()[1]
+    assert key.startswith("gck_") and len(key) > 40
+
+    listed = gradecast("keys", "list", DATABASE_URL=database_url)
+    row = next(line for line in listed.stdout.splitlines() if line.split()[0] == key_id)
+    assert "school-a" in row and "Gradebook X" in row and key[:12] in row
+    assert key not in listed.stdout  # never the key itself
+
+    assert gradecast("keys", "revoke", key_id, DATABASE_URL=database_url).returncode == 0
+    again = gradecast("keys", "revoke", key_id, DATABASE_URL=database_url)
+    assert again.returncode == 1 and "no active key" in again.stdout
+    bad = gradecast("keys", "create", "--name", "x", "--tenant", "a/b", DATABASE_URL=database_url)
+    assert bad.returncode == 2

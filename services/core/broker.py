@@ -14,6 +14,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 
+from services.core.events import Student
 from services.core.settings import Settings
 
 EXCHANGE = "gradecast.grades"
@@ -26,9 +27,9 @@ BROKER_ERRORS = (AMQPError, ChannelInvalidStateError, ConnectionError, TimeoutEr
 logger = logging.getLogger(__name__)
 
 
-def shard_of(student_id: str, shards: int) -> int:
+def shard_of(student: Student, shards: int) -> int:
     """Stable across processes and restarts, unlike hash()."""
-    return zlib.crc32(student_id.encode()) % shards
+    return zlib.crc32(f"{student.tenant_id}/{student.student_id}".encode()) % shards
 
 
 def routing_key(shard: int) -> str:

@@ -2,10 +2,26 @@
 the broker message. One model, so every process agrees on it."""
 
 from datetime import datetime
+from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 from sqlalchemy import Row
+
+
+class Student(NamedTuple):
+    """A student is known by tenant (school) and id: ids mean something only in a tenant."""
+
+    tenant_id: str
+    student_id: str
+
+    def label(self) -> str:
+        """How operators see it: the bare id in a single-school deployment."""
+        return (
+            self.student_id
+            if self.tenant_id == "default"
+            else f"{self.tenant_id}/{self.student_id}"
+        )
 
 
 class CamelModel(BaseModel):
@@ -48,6 +64,8 @@ class NotificationPublic(CamelModel):
 
 
 class NotificationBatch(CamelModel):
-    """The broker message: one publish request's notifications of one shard."""
+    """The broker message: one publish request's notifications of one shard, all of one
+    tenant (a publisher key belongs to one)."""
 
+    tenant_id: str
     notifications: list[NotificationPublic]

@@ -1,4 +1,6 @@
-"""The tables. Event ids are per-student sequence numbers, so "after id X" is a range scan."""
+"""The tables. Event ids are per-student sequence numbers, so "after id X" is a range scan.
+A student is known by tenant (school) and student id: the same id in two tenants is two
+students."""
 
 from datetime import datetime
 from typing import Any
@@ -27,6 +29,8 @@ NAMING_CONVENTION = {
 }
 
 Timestamp = TIMESTAMP(timezone=True)
+DEFAULT_TENANT = "default"  # a single-school deployment never names one
+TenantId = String(64)
 
 
 class Base(DeclarativeBase):
@@ -37,12 +41,13 @@ class Notification(Base):
     __tablename__ = "notifications"
     __table_args__ = (
         # Replay and the missed endpoint: one student's events after a sequence number.
-        Index(None, "student_id", "seq", unique=True),
+        Index(None, "tenant_id", "student_id", "seq", unique=True),
         # Retention: everything published before a cut-off.
         Index(None, "published_at"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(TenantId, server_default=DEFAULT_TENANT)
     student_id: Mapped[str] = mapped_column(String(128))
     seq: Mapped[int] = mapped_column(BigInteger)
     assignment_id: Mapped[str] = mapped_column(String(128))
@@ -55,6 +60,7 @@ class Notification(Base):
     published_at: Mapped[datetime] = mapped_column(
         Timestamp, server_default=text("clock_timestamp()")
     )
+    published_by: Mapped[str | None] = mapped_column(String(64))  # the publisher key's id
 
 
 class StudentSequence(Base):
@@ -64,6 +70,9 @@ class StudentSequence(Base):
 
     __tablename__ = "student_sequences"
 
+    tenant_id: Mapped[str] = mapped_column(
+        TenantId, primary_key=True, server_default=DEFAULT_TENANT
+    )
     student_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     last_seq: Mapped[int] = mapped_column(BigInteger)
 
@@ -102,3 +111,18 @@ class RetentionFloor(Base):
 
     id: Mapped[int] = mapped_column(SmallInteger, primary_key=True, default=1)
     purged_before: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class PublisherKey(Base):
+    """An API key a gradebook publishes with. Only its SHA-256 is kept (the key is 256
+    random bits, so a slow hash would add nothing); `prefix` lets people tell keys apart."""
+
+    __tablename__ = "publisher_keys"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(TenantId)
+    name: Mapped[str] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=text("now()"))
+    revoked_at: Mapped[datetime | None] = mapped_column(Timestamp)

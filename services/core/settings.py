@@ -3,10 +3,14 @@
 import os
 import socket
 from functools import lru_cache
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Secrets may come from files instead (Docker and Kubernetes secrets): NAME_FILE=/path.
+SECRETS = ("GRADECAST_JWT_SECRET", "GRADECAST_PUBLISHER_KEYS")
 
 
 def default_node_id() -> str:
@@ -20,8 +24,28 @@ class Settings(BaseSettings):
 
     DATABASE_URL: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/gradecast"
     AMQP_URL: str = "amqp://guest:guest@127.0.0.1:5672/"
+
+    # Student tokens: a shared HS256 secret, or the identity provider's public key (PEM) or
+    # key set (JWKS file) for RS256/ES256.
     GRADECAST_JWT_SECRET: SecretStr | None = None
+    GRADECAST_JWT_PUBLIC_KEY_FILE: Path | None = None
+    GRADECAST_JWKS_FILE: Path | None = None
+    GRADECAST_JWT_AUDIENCE: str | None = None  # checked when set
+    GRADECAST_JWT_ISSUER: str | None = None  # checked when set
+    GRADECAST_JWT_LEEWAY_SECONDS: float = Field(default=30, ge=0, le=300)  # clock skew
+    GRADECAST_JWT_TENANT_CLAIM: str = "tenant"  # absent from a token: the default tenant
+    # Development and bootstrap keys, for the default tenant; `gradecast keys` manages the
+    # real ones, kept hashed in Postgres.
     GRADECAST_PUBLISHER_KEYS: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    PUBLISHER_KEY_CACHE_SECONDS: float = Field(default=2, ge=0)  # how soon a revocation bites
+
+    # Abuse limits, per publisher key and per client address, in each process.
+    PUBLISH_RATE_PER_SECOND: float = Field(default=500, gt=0)
+    PUBLISH_BURST: int = Field(default=1000, ge=1)
+    CONNECT_RATE_PER_SECOND: float = Field(default=50, gt=0)
+    CONNECT_BURST: int = Field(default=500, ge=1)
+    CORS_ALLOWED_ORIGINS: Annotated[tuple[str, ...], NoDecode] = ()
+    FORWARDED_ALLOW_IPS: str = "127.0.0.1"  # proxies whose X-Forwarded-For is believed
 
     HOST: str = "127.0.0.1"
     PORT: int | None = Field(default=None, ge=1, le=65535)  # None: the service's own default
@@ -45,12 +69,30 @@ class Settings(BaseSettings):
     DATABASE_TIMEOUT_SECONDS: float = Field(default=1.5, gt=0)  # to connect, or to get a pooled one
     DATABASE_POOL_SIZE: int = Field(default=10, ge=1)
 
-    @field_validator("GRADECAST_PUBLISHER_KEYS", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def split_keys(cls, value: object) -> object:
+    def read_secret_files(cls, values: Any) -> Any:
+        for name in SECRETS:
+            path = os.environ.get(f"{name}_FILE")
+            if path and isinstance(values, dict) and not values.get(name):
+                values[name] = Path(path).read_text().strip()
+        return values
+
+    @field_validator("GRADECAST_PUBLISHER_KEYS", "CORS_ALLOWED_ORIGINS", mode="before")
+    @classmethod
+    def split_commas(cls, value: object) -> object:
         if isinstance(value, str):
-            return tuple(key.strip() for key in value.split(",") if key.strip())
+            return tuple(item.strip() for item in value.split(",") if item.strip())
         return value
+
+    @property
+    def verifies_tokens(self) -> bool:
+        keys = (
+            self.GRADECAST_JWT_SECRET,
+            self.GRADECAST_JWT_PUBLIC_KEY_FILE,
+            self.GRADECAST_JWKS_FILE,
+        )
+        return any(keys)
 
     def require(self, *names: str) -> None:
         """Stop a service at start when a setting it cannot run without is empty."""

@@ -13,10 +13,12 @@ from services.core import broker
 from services.core.broker import BrokerLink
 from services.core.db import create_engine
 from services.core.settings import Settings, get_settings
+from services.publisher.auth import PublisherKeys
 from services.publisher.outbox import OutboxRelay
 from services.publisher.routes import router
 from services.web.app import service_app
 from services.web.health import database_ready
+from services.web.ratelimit import RateLimiter
 
 
 class PublisherState(TypedDict):
@@ -24,6 +26,8 @@ class PublisherState(TypedDict):
     engine: AsyncEngine
     broker: BrokerLink
     relay: OutboxRelay
+    keys: PublisherKeys
+    publish_limiter: RateLimiter
 
 
 async def readiness(request: Request) -> dict[str, bool]:
@@ -35,7 +39,6 @@ async def readiness(request: Request) -> dict[str, bool]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    settings.require("GRADECAST_PUBLISHER_KEYS")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[PublisherState]:
@@ -47,7 +50,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         relay = OutboxRelay(engine, link, exchange, settings.BROKER_TIMEOUT_SECONDS)
         relay_loop = asyncio.create_task(relay.run(), name="outbox-relay")
         try:
-            yield {"settings": settings, "engine": engine, "broker": link, "relay": relay}
+            yield {
+                "settings": settings,
+                "engine": engine,
+                "broker": link,
+                "relay": relay,
+                "keys": PublisherKeys(
+                    engine, settings.GRADECAST_PUBLISHER_KEYS, settings.PUBLISHER_KEY_CACHE_SECONDS
+                ),
+                "publish_limiter": RateLimiter(
+                    settings.PUBLISH_RATE_PER_SECOND, settings.PUBLISH_BURST
+                ),
+            }
         finally:
             relay_loop.cancel()
             await asyncio.gather(relay_loop, return_exceptions=True)

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response
 
-from services.publisher.auth import PublisherScope
+from services.publisher.auth import PublisherDep
 from services.publisher.idempotency import IdempotentRequest
 from services.publisher.schemas import GradePublish, PublishResult
 from services.publisher.store import store_grades
@@ -35,6 +35,7 @@ REQUEST_BODY = {
     openapi_extra={"requestBody": REQUEST_BODY},
     responses={
         401: {"description": "No valid publisher key"},
+        429: {"description": "This key publishes faster than its rate limit"},
         409: {"description": "The Idempotency-Key was used with another body"},
         413: {"description": "The body is over 1 MiB"},
         415: {"description": "The body is not JSON"},
@@ -43,7 +44,7 @@ REQUEST_BODY = {
     },
 )
 async def publish_grades(
-    scope: PublisherScope,
+    publisher: PublisherDep,
     request: Request,
     response: Response,
     idempotency_key: IdempotencyKey = None,
@@ -54,9 +55,12 @@ async def publish_grades(
     stored = await store_grades(
         request.state.engine,
         publish,
+        publisher,
         shards=settings.BROKER_SHARDS,
         retention_seconds=settings.RETENTION_HOURS * 3600,
-        idempotency=IdempotentRequest.of(scope, idempotency_key, raw) if idempotency_key else None,
+        idempotency=IdempotentRequest.of(publisher.scope, idempotency_key, raw)
+        if idempotency_key
+        else None,
     )
     if stored.replayed:
         response.headers["Idempotent-Replayed"] = "true"

@@ -9,8 +9,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.core.broker import routing_key, shard_of
 from services.core.db import transaction
-from services.core.events import NotificationBatch, NotificationPublic
+from services.core.events import NotificationBatch, NotificationPublic, Student
 from services.core.models import OutboxMessage
+from services.publisher.auth import Publisher
 from services.publisher.idempotency import IdempotentRequest
 from services.publisher.schemas import GradePublish, PublishedNotification, PublishResult
 
@@ -18,16 +19,19 @@ from services.publisher.schemas import GradePublish, PublishedNotification, Publ
 # deadlock) and inserts their notifications, in one round trip.
 INSERT_NOTIFICATIONS = text("""
     WITH sequenced AS (
-        INSERT INTO student_sequences AS s (student_id, last_seq)
-        SELECT student_id, 1 FROM unnest(CAST(:student_ids AS text[])) AS student_id
-        ON CONFLICT (student_id) DO UPDATE SET last_seq = s.last_seq + 1
+        INSERT INTO student_sequences AS s (tenant_id, student_id, last_seq)
+        SELECT CAST(:tenant_id AS text), student_id, 1
+        FROM unnest(CAST(:student_ids AS text[])) AS student_id
+        ON CONFLICT (tenant_id, student_id) DO UPDATE SET last_seq = s.last_seq + 1
         RETURNING student_id, last_seq
     )
-    INSERT INTO notifications
-        (student_id, seq, assignment_id, grade, teacher_comment, course_id, assignment_title)
-    SELECT student_id, last_seq, CAST(:assignment_id AS text), CAST(:grade AS jsonb),
-           CAST(:teacher_comment AS text), CAST(:course_id AS text),
-           CAST(:assignment_title AS text)
+    INSERT INTO notifications (
+        tenant_id, student_id, seq, assignment_id, grade, teacher_comment, course_id,
+        assignment_title, published_by
+    )
+    SELECT CAST(:tenant_id AS text), student_id, last_seq, CAST(:assignment_id AS text),
+           CAST(:grade AS jsonb), CAST(:teacher_comment AS text), CAST(:course_id AS text),
+           CAST(:assignment_title AS text), CAST(:published_by AS text)
     FROM sequenced
     RETURNING student_id, seq, assignment_id, grade, teacher_comment, course_id,
               assignment_title, published_at
@@ -53,6 +57,7 @@ class Stored:
 async def store_grades(
     engine: AsyncEngine,
     publish: GradePublish,
+    publisher: Publisher,
     *,
     shards: int,
     retention_seconds: float,
@@ -63,8 +68,8 @@ async def store_grades(
             earlier = await idempotency.claim(connection, retention_seconds)
             if earlier is not None:
                 return Stored(PublishResult.model_validate(earlier), [], replayed=True)
-        notifications = await insert_notifications(connection, publish)
-        outgoing = await insert_outbox(connection, notifications, shards)
+        notifications = await insert_notifications(connection, publish, publisher)
+        outgoing = await insert_outbox(connection, publisher.tenant_id, notifications, shards)
         by_student = {n.student_id: n for n in notifications}
         result = PublishResult(
             count=len(notifications),
@@ -79,9 +84,11 @@ async def store_grades(
 
 
 async def insert_notifications(
-    connection: AsyncConnection, publish: GradePublish
+    connection: AsyncConnection, publish: GradePublish, publisher: Publisher
 ) -> list[NotificationPublic]:
     params = {
+        "tenant_id": publisher.tenant_id,
+        "published_by": publisher.key_id,
         "student_ids": sorted(publish.recipients()),
         "assignment_id": publish.assignment_id,
         "grade": orjson.dumps(publish.grade).decode(),
@@ -94,14 +101,21 @@ async def insert_notifications(
 
 
 async def insert_outbox(
-    connection: AsyncConnection, notifications: list[NotificationPublic], shards: int
+    connection: AsyncConnection,
+    tenant_id: str,
+    notifications: list[NotificationPublic],
+    shards: int,
 ) -> list[Outgoing]:
     """One broker message per shard, not per student."""
     by_shard: defaultdict[int, list[NotificationPublic]] = defaultdict(list)
     for notification in notifications:
-        by_shard[shard_of(notification.student_id, shards)].append(notification)
+        student = Student(tenant_id, notification.student_id)
+        by_shard[shard_of(student, shards)].append(notification)
     messages = [
-        (routing_key(shard), NotificationBatch(notifications=batch).model_dump_json().encode())
+        (
+            routing_key(shard),
+            NotificationBatch(tenant_id=tenant_id, notifications=batch).model_dump_json().encode(),
+        )
         for shard, batch in by_shard.items()
     ]
     if not messages:

@@ -5,12 +5,14 @@ from contextlib import asynccontextmanager
 from typing import TypedDict
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.core import broker
 from services.core.broker import BrokerLink
 from services.core.db import create_engine
 from services.core.settings import Settings, get_settings
+from services.core.tokens import TokenVerifier
 from services.stream.bindings import ShardBindings
 from services.stream.consumer import NodeQueue, declare_node_queue, message_handler
 from services.stream.hub import Hub
@@ -18,6 +20,7 @@ from services.stream.routes import router
 from services.stream.sse import Reconnect
 from services.web.app import service_app
 from services.web.health import database_ready
+from services.web.ratelimit import RateLimiter
 
 
 class StreamState(TypedDict):
@@ -27,6 +30,8 @@ class StreamState(TypedDict):
     node_queue: NodeQueue
     hub: Hub
     reconnect: Reconnect
+    tokens: TokenVerifier
+    connect_limiter: RateLimiter
 
 
 async def readiness(request: Request) -> dict[str, bool]:
@@ -42,7 +47,7 @@ async def readiness(request: Request) -> dict[str, bool]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    settings.require("GRADECAST_JWT_SECRET")
+    tokens = TokenVerifier(settings)  # stops here without a key to check tokens with
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[StreamState]:
@@ -73,6 +78,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "node_queue": node_queue,
                 "hub": hub,
                 "reconnect": reconnect,
+                "tokens": tokens,
+                "connect_limiter": RateLimiter(
+                    settings.CONNECT_RATE_PER_SECOND, settings.CONNECT_BURST
+                ),
             }
         finally:
             hub.close_all("shutdown")
@@ -81,4 +90,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await broker.close(connection, settings.BROKER_TIMEOUT_SECONDS)
             await engine.dispose()
 
-    return service_app("gradecast stream node", lifespan, router, readiness)
+    app = service_app("gradecast stream node", lifespan, router, readiness)
+    if settings.CORS_ALLOWED_ORIGINS:  # the school's own site, which embeds the stream
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.CORS_ALLOWED_ORIGINS,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Last-Event-ID", "Content-Type"],
+            allow_credentials=True,
+        )
+    return app

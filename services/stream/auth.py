@@ -1,37 +1,57 @@
-"""Students read their own stream with a token: `Authorization: Bearer` or `?token=` (a
-browser's EventSource cannot set headers)."""
+"""Students read their own notifications with a token: `Authorization: Bearer`, `?token=`
+(a browser's EventSource cannot set headers), or the HttpOnly cookie /notifications/session
+sets. The token names the tenant; a student id means something only inside it."""
 
+import math
 from typing import Annotated
 
-from fastapi import Depends, Path, Query, Request
+from fastapi import Cookie, Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from services.core.tokens import InvalidToken, verify_token
-from services.web.errors import Forbidden, Unauthorized
+from services.core.events import Student
+from services.core.tokens import InvalidToken, TokenVerifier
+from services.web.errors import Forbidden, TooManyRequests, Unauthorized
 
-bearer = HTTPBearer(auto_error=False, description="A student token (JWT, HS256)")
+TOKEN_COOKIE = "gradecast_token"
+bearer = HTTPBearer(auto_error=False, description="A student token (JWT)")
 
 StudentIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$")]
 
 
-def authenticate_student(
-    request: Request,
-    student_id: StudentIdPath,
+def offered_token(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     token: Annotated[str | None, Query(description="The token, for EventSource")] = None,
+    cookie: Annotated[str | None, Cookie(alias=TOKEN_COOKIE, include_in_schema=False)] = None,
 ) -> str:
-    """The student id of the path, once the token proves the caller is that student."""
-    offered = credentials.credentials if credentials is not None else token
+    offered = credentials.credentials if credentials is not None else token or cookie
     if not offered:
-        raise Unauthorized("send a student token as 'Authorization: Bearer' or ?token=")
-    secret = request.state.settings.GRADECAST_JWT_SECRET.get_secret_value()
+        raise Unauthorized("send a student token as 'Authorization: Bearer', ?token= or cookie")
+    return offered
+
+
+def verify(request: Request, token: Annotated[str, Depends(offered_token)]) -> Student:
+    verifier: TokenVerifier = request.state.tokens
     try:
-        subject = verify_token(offered, secret)
+        return verifier.verify(token)
     except InvalidToken as error:
         raise Unauthorized(f"the token is not valid: {error}") from error
-    if subject != student_id:
+
+
+def authenticate_student(
+    student_id: StudentIdPath, student: Annotated[Student, Depends(verify)]
+) -> Student:
+    """The student of the path, once the token proves the caller is that student."""
+    if student.student_id != student_id:
         raise Forbidden("the token is for another student")
-    return student_id
+    return student
 
 
-Student = Annotated[str, Depends(authenticate_student)]
+def limit_connects(request: Request) -> None:
+    """Connection attempts per client address, before any other work, tokens included."""
+    address = request.client.host if request.client else "unknown"
+    wait = request.state.connect_limiter.acquire(address)
+    if wait:
+        raise TooManyRequests("too many connection attempts from this address", math.ceil(wait))
+
+
+StudentDep = Annotated[Student, Depends(authenticate_student)]

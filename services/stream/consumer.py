@@ -71,7 +71,7 @@ def message_handler(hub: Hub) -> Callable[[AbstractIncomingMessage], Awaitable[N
             await message.reject(requeue=False)
             return
         for notification in batch.notifications:
-            hub.dispatch(notification)
+            hub.dispatch(batch.tenant_id, notification)
         await message.ack()
 
     return handle

@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.core.db import transaction
-from services.core.events import NotificationPublic
+from services.core.events import NotificationPublic, Student
 from services.core.models import Notification, RetentionFloor, StudentSequence
 
 COLUMNS = (
@@ -23,14 +23,16 @@ COLUMNS = (
 
 async def notifications_of(
     engine: AsyncEngine,
-    student_id: str,
+    student: Student,
     *,
     after: int | None = None,
     since: datetime | None = None,
     limit: int,
 ) -> list[NotificationPublic]:
     """Oldest first: those after a sequence number, or published at or after a time."""
-    query = select(*COLUMNS).where(Notification.student_id == student_id)
+    query = select(*COLUMNS).where(
+        Notification.tenant_id == student.tenant_id, Notification.student_id == student.student_id
+    )
     if after is not None:
         query = query.where(Notification.seq > after)
     if since is not None:
@@ -41,9 +43,12 @@ async def notifications_of(
     return [NotificationPublic.from_row(row) for row in rows]
 
 
-async def last_seq(engine: AsyncEngine, student_id: str) -> int:
+async def last_seq(engine: AsyncEngine, student: Student) -> int:
     """The student's newest sequence number; 0 before their first notification."""
-    query = select(StudentSequence.last_seq).where(StudentSequence.student_id == student_id)
+    query = select(StudentSequence.last_seq).where(
+        StudentSequence.tenant_id == student.tenant_id,
+        StudentSequence.student_id == student.student_id,
+    )
     async with transaction(engine) as connection:
         return (await connection.scalar(query)) or 0
 

@@ -6,7 +6,7 @@ import logging
 from collections import deque
 
 from services.core.broker import shard_of
-from services.core.events import NotificationPublic
+from services.core.events import NotificationPublic, Student
 from services.stream.bindings import ShardBindings
 from services.stream.frames import encode_event
 
@@ -27,10 +27,10 @@ class Subscriber:
     """One open stream: a bounded buffer the hub fills and the connection drains. A reader
     that falls further behind than the buffer is closed, and replays on reconnect."""
 
-    __slots__ = ("student_id", "limit", "frames", "waiter", "closed", "resync", "writer")
+    __slots__ = ("student", "limit", "frames", "waiter", "closed", "resync", "writer")
 
-    def __init__(self, student_id: str, limit: int) -> None:
-        self.student_id = student_id
+    def __init__(self, student: Student, limit: int) -> None:
+        self.student = student
         self.limit = limit
         self.frames: deque[Frame] = deque()
         self.waiter: asyncio.Future[None] | None = None
@@ -42,7 +42,9 @@ class Subscriber:
         if self.closed:
             return
         if len(self.frames) >= self.limit:
-            logger.warning("dropped a stream of %s: %d events behind", self.student_id, self.limit)
+            logger.warning(
+                "dropped a stream of %s: %d events behind", self.student.label(), self.limit
+            )
             self.close("overflow")
             if self.writer is not None:
                 self.writer.cancel()  # it may be stuck writing to a client that stopped reading
@@ -96,22 +98,22 @@ class Hub:
         self.max_per_student = max_per_student
         self.max_per_node = max_per_node
         self.buffer_events = buffer_events
-        self.students: dict[str, set[Subscriber]] = {}
+        self.students: dict[Student, set[Subscriber]] = {}
         self.total = 0
 
-    async def subscribe(self, student_id: str) -> Subscriber:
+    async def subscribe(self, student: Student) -> Subscriber:
         """Registers at once (so the limits hold under concurrency), then waits for the
         student's shard to be bound. Pair with unsubscribe()."""
         if self.total >= self.max_per_node:
             raise NodeFull()
-        streams = self.students.setdefault(student_id, set())
+        streams = self.students.setdefault(student, set())
         if len(streams) >= self.max_per_student:
-            raise TooManyConnections(student_id)
-        subscriber = Subscriber(student_id, self.buffer_events)
+            raise TooManyConnections(student.label())
+        subscriber = Subscriber(student, self.buffer_events)
         streams.add(subscriber)
         self.total += 1
         try:
-            await self.bindings.acquire(shard_of(student_id, self.shards))
+            await self.bindings.acquire(shard_of(student, self.shards))
         except BaseException:
             self.forget(subscriber)
             raise
@@ -120,18 +122,18 @@ class Hub:
     def unsubscribe(self, subscriber: Subscriber) -> None:
         subscriber.close("unsubscribed")
         self.forget(subscriber)
-        self.bindings.release(shard_of(subscriber.student_id, self.shards))
+        self.bindings.release(shard_of(subscriber.student, self.shards))
 
     def forget(self, subscriber: Subscriber) -> None:
-        streams = self.students.get(subscriber.student_id)
+        streams = self.students.get(subscriber.student)
         if streams is not None and subscriber in streams:
             streams.discard(subscriber)
             self.total -= 1
             if not streams:
-                del self.students[subscriber.student_id]
+                del self.students[subscriber.student]
 
-    def dispatch(self, notification: NotificationPublic) -> None:
-        streams = self.students.get(notification.student_id)
+    def dispatch(self, tenant_id: str, notification: NotificationPublic) -> None:
+        streams = self.students.get(Student(tenant_id, notification.student_id))
         if not streams:
             return  # another student of a shard this node serves
         frame = (notification.seq, encode_event(notification))
@@ -152,4 +154,4 @@ class Hub:
             subscriber.request_resync()
 
     def counts(self) -> dict[str, int]:
-        return {student: len(streams) for student, streams in self.students.items()}
+        return {student.label(): len(streams) for student, streams in self.students.items()}

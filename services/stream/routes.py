@@ -5,21 +5,23 @@ import logging
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials
 
 from services.core.broker import BROKER_ERRORS
 from services.core.events import CamelModel, NotificationPublic
-from services.stream.auth import Student
+from services.stream.auth import TOKEN_COOKIE, StudentDep, bearer, limit_connects, verify
 from services.stream.history import notifications_of
 from services.stream.hub import NodeFull, TooManyConnections
 from services.stream.sse import EventStream, RetryLater
-from services.web.errors import InvalidRequest, TooManyRequests
+from services.web.errors import InvalidRequest, TooManyRequests, Unauthorized
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["notifications"])
 
 EVENT_ID = r"^[0-9]{1,18}$"
 CONNECTION_LIMIT_RETRY_SECONDS = 30
+SESSION_SECONDS = 12 * 3600  # the cookie's life; the token inside still expires on its own
 
 
 class MissedPage(CamelModel):
@@ -37,15 +39,16 @@ class Connections(CamelModel):
     "/notifications/stream/{student_id}",
     response_class=EventStream,
     status_code=200,  # FastAPI cannot read it from EventStream's constructor
+    dependencies=[Depends(limit_connects)],
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "`grade` events"},
         401: {"description": "No valid token"},
         403: {"description": "The token is for another student"},
-        429: {"description": "Too many open streams for this student on this node"},
+        429: {"description": "Too many streams for this student, or attempts from this address"},
     },
 )
 async def stream_notifications(
-    student_id: Student,
+    student: StudentDep,
     request: Request,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", pattern=EVENT_ID)] = None,
     last_event_id_query: Annotated[str | None, Query(alias="lastEventId", pattern=EVENT_ID)] = None,
@@ -55,7 +58,7 @@ async def stream_notifications(
     after = last_event_id or last_event_id_query
     try:
         async with asyncio.timeout(state.settings.BROKER_TIMEOUT_SECONDS):
-            subscriber = await state.hub.subscribe(student_id)
+            subscriber = await state.hub.subscribe(student)
     except TooManyConnections:
         # Deliberate and lasting: an extra tab should stop trying, so not a 200.
         raise TooManyRequests(
@@ -66,7 +69,7 @@ async def stream_notifications(
         logger.warning("node full: told a client to come back later")
         return RetryLater(state.reconnect)
     except BROKER_ERRORS as error:
-        logger.warning("could not bind the shard of %s: %r", student_id, error)
+        logger.warning("could not bind the shard of %s: %r", student.label(), error)
         return RetryLater(state.reconnect)
     return EventStream(
         engine=state.engine,
@@ -80,7 +83,7 @@ async def stream_notifications(
 
 @router.get("/notifications/missed/{student_id}")
 async def list_missed(
-    student_id: Student,
+    student: StudentDep,
     request: Request,
     since: Annotated[datetime | None, Query(description="Published at or after (ISO-8601)")] = None,
     after: Annotated[str | None, Query(pattern=EVENT_ID, description="After this id")] = None,
@@ -93,7 +96,7 @@ async def list_missed(
         since = since.replace(tzinfo=UTC)
     page = await notifications_of(
         request.state.engine,
-        student_id,
+        student,
         after=int(after) if after is not None else None,
         since=since,
         limit=limit + 1,  # one more, to know whether there is a next page
@@ -110,3 +113,32 @@ async def list_connections(request: Request) -> Connections:
     return Connections(
         node=request.state.settings.NODE_ID, total=sum(counts.values()), students=counts
     )
+
+
+@router.post("/notifications/session", status_code=204, tags=["notifications"])
+async def open_session(
+    request: Request,
+    response: Response,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> None:
+    """Keep the token (sent as 'Authorization: Bearer') in an HttpOnly cookie, out of URLs
+    and of scripts' reach."""
+    if credentials is None:
+        raise Unauthorized("send the token as 'Authorization: Bearer'")
+    token = credentials.credentials
+    verify(request, token)
+    response.set_cookie(
+        TOKEN_COOKIE,
+        token,
+        httponly=True,
+        secure=True,
+        samesite="strict",
+        path="/notifications",
+        max_age=SESSION_SECONDS,
+    )
+
+
+@router.delete("/notifications/session", status_code=204, tags=["notifications"])
+async def close_session(response: Response) -> None:
+    """Forget the cookie."""
+    response.delete_cookie(TOKEN_COOKIE, path="/notifications", secure=True, httponly=True)

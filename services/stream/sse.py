@@ -97,14 +97,14 @@ class EventStream(Response):
         started = False
         try:
             # Read before the 200 goes out: whatever commits after the client sees it is live.
-            newest = await last_seq(self.engine, subscriber.student_id)
+            newest = await last_seq(self.engine, subscriber.student)
             await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
             await send(chunk(self.reconnect.usual()))
             started = True
             await self.stream(send, newest)
         except DatabaseUnavailable as error:
             # The client comes back after `retry` and replays from its Last-Event-ID.
-            logger.warning("ended a stream of %s: %s", subscriber.student_id, error)
+            logger.warning("ended a stream of %s: %s", subscriber.student.label(), error)
             subscriber.close("database unavailable")
         except asyncio.CancelledError:
             if subscriber.closed != "overflow":
@@ -157,11 +157,11 @@ class EventStream(Response):
         returns the last sequence number sent. Sequences are gapless, so a jump means the
         retention worker purged what lies between: the client is told with one reset event
         (or with `reset`, a reason known beforehand)."""
-        student_id = self.subscriber.student_id
+        student = self.subscriber.student
         if reset is not None:
             await self.send_reset(send, reset)
         while not self.subscriber.closed:
-            page = await notifications_of(self.engine, student_id, after=after, limit=REPLAY_PAGE)
+            page = await notifications_of(self.engine, student, after=after, limit=REPLAY_PAGE)
             if page and page[0].seq != after + 1 and reset is None:
                 reset = "expired"
                 await self.send_reset(send, reset)

@@ -6,27 +6,34 @@ import zlib
 import pytest
 
 from services.core.broker import node_queue_name, routing_key, shard_of
+from services.core.events import Student
 
 
 def test_shard_of_a_known_id() -> None:
-    assert shard_of("student-42", 64) == 60  # crc32(b"student-42") % 64
-    assert shard_of("alice", 64) == zlib.crc32(b"alice") % 64
+    assert shard_of(Student("default", "student-42"), 64) == 44
+    assert shard_of(Student("school-a", "alice"), 64) == zlib.crc32(b"school-a/alice") % 64
 
 
 def test_shard_of_is_the_same_on_every_call() -> None:
-    assert {shard_of("student-7", 64) for _ in range(100)} == {shard_of("student-7", 64)}
+    assert {shard_of(Student("default", "student-7"), 64) for _ in range(100)} == {
+        shard_of(Student("default", "student-7"), 64)
+    }
 
 
 @pytest.mark.parametrize("shards", [1, 2, 7, 64, 4096])
 def test_shard_of_stays_in_range(shards: int) -> None:
     rng = random.Random(shards)
     for _ in range(500):
-        assert 0 <= shard_of(f"student-{rng.getrandbits(64):x}", shards) < shards
+        assert (
+            0 <= shard_of(Student("default", f"student-{rng.getrandbits(64):x}"), shards) < shards
+        )
 
 
 def test_a_thousand_students_reach_every_shard() -> None:
     rng = random.Random(0)
-    shards = [shard_of(f"student-{rng.getrandbits(64):x}", 64) for _ in range(1000)]
+    shards = [
+        shard_of(Student("default", f"student-{rng.getrandbits(64):x}"), 64) for _ in range(1000)
+    ]
     assert set(shards) == set(range(64))
 
 

@@ -4,6 +4,7 @@ import aio_pika
 import httpx
 
 from services.core.broker import DEAD_LETTER_QUEUE, EXCHANGE, routing_key, shard_of
+from services.core.events import Student
 from tests.support import (
     ServiceProcess,
     grade_body,
@@ -26,7 +27,9 @@ async def test_a_poison_message_is_dead_lettered_and_the_node_goes_on(
         channel = await connection.channel()
         exchange = await channel.get_exchange(EXCHANGE)
         poison = aio_pika.Message(b'{"notifications": [{"id": "not a grade"}]}', message_id="p1")
-        await exchange.publish(poison, routing_key=routing_key(shard_of(student, 64)))
+        await exchange.publish(
+            poison, routing_key=routing_key(shard_of(Student("default", student), 64))
+        )
 
         dead_letters = await channel.get_queue(DEAD_LETTER_QUEUE)
         message = None

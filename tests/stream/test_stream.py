@@ -7,6 +7,7 @@ import httpx
 import jwt
 
 from services.core.broker import node_queue_name, routing_key, shard_of
+from services.core.events import Student
 from tests.support import (
     JWT_SECRET,
     ServiceProcess,
@@ -137,7 +138,7 @@ def students_in_distinct_shards(count: int) -> list[str]:
     chosen: dict[int, str] = {}
     while len(chosen) < count:
         student = unique()
-        chosen.setdefault(shard_of(student, SHARDS), student)
+        chosen.setdefault(shard_of(Student("default", student), SHARDS), student)
     return list(chosen.values())
 
 
@@ -149,7 +150,7 @@ async def test_each_node_receives_only_its_own_students_shards(
     amqp_vhost: str,
 ) -> None:
     on_a, on_b = students_in_distinct_shards(2)
-    key_a, key_b = (routing_key(shard_of(s, SHARDS)) for s in (on_a, on_b))
+    key_a, key_b = (routing_key(shard_of(Student("default", s), SHARDS)) for s in (on_a, on_b))
     async with (
         open_stream(client, node_a.url, on_a, token_for(on_a)) as stream_a,
         open_stream(client, node_b.url, on_b, token_for(on_b)) as stream_b,
@@ -170,7 +171,7 @@ async def test_a_closed_connection_leaves_nothing_behind(
     client: httpx.AsyncClient, node_b: ServiceProcess, amqp_vhost: str
 ) -> None:
     student = unique()
-    key = routing_key(shard_of(student, SHARDS))
+    key = routing_key(shard_of(Student("default", student), SHARDS))
     queue = node_queue_name("node-b")
 
     async def streams_open() -> int:

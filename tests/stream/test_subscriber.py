@@ -7,11 +7,15 @@ from typing import cast
 import pytest
 
 from services.core.broker import shard_of
-from services.core.events import NotificationPublic
+from services.core.events import NotificationPublic, Student
 from services.stream.bindings import ShardBindings
 from services.stream.hub import Hub, NodeFull, Subscriber, TooManyConnections
 
 SHARDS = 64
+
+
+def student(student_id: str) -> Student:
+    return Student("default", student_id)
 
 
 class FakeBindings:
@@ -58,7 +62,7 @@ def grade_for(student_id: str, seq: int = 1) -> NotificationPublic:
 
 
 async def test_frames_come_out_in_order() -> None:
-    subscriber = Subscriber("student-1", limit=10)
+    subscriber = Subscriber(student("student-1"), limit=10)
     subscriber.push((1, b"one"))
     subscriber.push((2, b"two"))
     assert await subscriber.next(1) == (1, b"one")
@@ -66,13 +70,13 @@ async def test_frames_come_out_in_order() -> None:
 
 
 async def test_next_gives_none_when_idle() -> None:
-    subscriber = Subscriber("student-1", limit=10)
+    subscriber = Subscriber(student("student-1"), limit=10)
     assert await subscriber.next(0.05) is None
     assert subscriber.closed is None
 
 
 async def test_next_waits_for_a_push() -> None:
-    subscriber = Subscriber("student-1", limit=10)
+    subscriber = Subscriber(student("student-1"), limit=10)
     waiting = asyncio.create_task(subscriber.next(5))
     await asyncio.sleep(0)
     subscriber.push((1, b"one"))
@@ -80,7 +84,7 @@ async def test_next_waits_for_a_push() -> None:
 
 
 async def test_overflow_closes_the_stream() -> None:
-    subscriber = Subscriber("student-1", limit=2)
+    subscriber = Subscriber(student("student-1"), limit=2)
     for seq in range(3):
         subscriber.push((seq, b"frame"))
     assert subscriber.closed == "overflow"
@@ -90,7 +94,7 @@ async def test_overflow_closes_the_stream() -> None:
 
 
 async def test_close_wakes_a_waiting_next() -> None:
-    subscriber = Subscriber("student-1", limit=10)
+    subscriber = Subscriber(student("student-1"), limit=10)
     waiting = asyncio.create_task(subscriber.next(5))
     await asyncio.sleep(0)
     subscriber.close("shutdown")
@@ -100,11 +104,11 @@ async def test_close_wakes_a_waiting_next() -> None:
 
 async def test_dispatch_shares_one_frame_among_a_students_streams() -> None:
     hub, bindings = make_hub()
-    first = await hub.subscribe("student-1")
-    second = await hub.subscribe("student-1")
-    other = await hub.subscribe("student-2")
+    first = await hub.subscribe(student("student-1"))
+    second = await hub.subscribe(student("student-1"))
+    other = await hub.subscribe(student("student-2"))
 
-    hub.dispatch(grade_for("student-1", seq=5))
+    hub.dispatch("default", grade_for("student-1", seq=5))
 
     (seq_a, frame_a), (seq_b, frame_b) = first.frames[0], second.frames[0]
     assert seq_a == seq_b == 5
@@ -112,24 +116,26 @@ async def test_dispatch_shares_one_frame_among_a_students_streams() -> None:
     assert frame_a.startswith(b"id: 5\nevent: grade\n")
     assert len(first.frames) == len(second.frames) == 1
     assert not other.frames
-    expected = [shard_of("student-1", SHARDS)] * 2 + [shard_of("student-2", SHARDS)]
+    expected = [shard_of(student("student-1"), SHARDS)] * 2 + [
+        shard_of(student("student-2"), SHARDS)
+    ]
     assert bindings.acquired == expected
 
 
 async def test_dispatch_to_a_student_with_no_stream_is_dropped() -> None:
     hub, _ = make_hub()
-    other = await hub.subscribe("student-2")
-    hub.dispatch(grade_for("student-1"))
+    other = await hub.subscribe(student("student-2"))
+    hub.dispatch("default", grade_for("student-1"))
     assert not other.frames
     assert hub.counts() == {"student-2": 1}
 
 
 async def test_too_many_streams_for_one_student() -> None:
     hub, bindings = make_hub(max_per_student=2)
-    await hub.subscribe("student-1")
-    await hub.subscribe("student-1")
+    await hub.subscribe(student("student-1"))
+    await hub.subscribe(student("student-1"))
     with pytest.raises(TooManyConnections):
-        await hub.subscribe("student-1")
+        await hub.subscribe(student("student-1"))
     assert hub.counts() == {"student-1": 2}
     assert len(bindings.acquired) == 2
 
@@ -138,15 +144,15 @@ async def test_a_failed_binding_leaves_no_stream_behind() -> None:
     hub, bindings = make_hub()
     bindings.fail = True
     with pytest.raises(ConnectionError):
-        await hub.subscribe("student-1")
+        await hub.subscribe(student("student-1"))
     assert hub.counts() == {}
 
 
 async def test_unsubscribe_forgets_a_student_after_their_last_stream() -> None:
     hub, bindings = make_hub()
-    first = await hub.subscribe("student-1")
-    second = await hub.subscribe("student-1")
-    shard = shard_of("student-1", SHARDS)
+    first = await hub.subscribe(student("student-1"))
+    second = await hub.subscribe(student("student-1"))
+    shard = shard_of(student("student-1"), SHARDS)
 
     hub.unsubscribe(first)
     assert hub.counts() == {"student-1": 1}
@@ -159,19 +165,19 @@ async def test_unsubscribe_forgets_a_student_after_their_last_stream() -> None:
 
 async def test_a_full_node_refuses_new_streams_until_one_closes() -> None:
     hub, _ = make_hub(max_per_node=2)
-    first = await hub.subscribe("student-1")
-    await hub.subscribe("student-2")
+    first = await hub.subscribe(student("student-1"))
+    await hub.subscribe(student("student-2"))
     with pytest.raises(NodeFull):
-        await hub.subscribe("student-3")
+        await hub.subscribe(student("student-3"))
     assert hub.total == 2
     hub.unsubscribe(first)
-    await hub.subscribe("student-3")
+    await hub.subscribe(student("student-3"))
     assert hub.total == 2
 
 
 async def test_resync_wakes_a_waiting_stream_without_a_frame() -> None:
     hub, _ = make_hub()
-    subscriber = await hub.subscribe("student-1")
+    subscriber = await hub.subscribe(student("student-1"))
     waiting = asyncio.create_task(subscriber.next(5))
     await asyncio.sleep(0)
     hub.resync_all()
