@@ -30,8 +30,8 @@ MANAGEMENT_AUTH = ("guest", "guest")
 TABLES = ("notifications", "student_sequences", "outbox", "idempotency_keys")
 
 
-def token_for(student_id: str, ttl_seconds: float = 600) -> str:
-    return mint_token(student_id, JWT_SECRET, ttl_seconds)
+def token_for(student_id: str, ttl_seconds: float = 600, tenant_id: str | None = None) -> str:
+    return mint_token(student_id, JWT_SECRET, ttl_seconds, tenant_id)
 
 
 async def row_counts(db: AsyncEngine) -> dict[str, int]:

@@ -1,5 +1,7 @@
 """Settings read from the environment."""
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -55,3 +57,16 @@ def test_require_treats_an_empty_value_as_missing(monkeypatch: pytest.MonkeyPatc
 def test_require_passes_when_set(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GRADECAST_JWT_SECRET", "a-secret")
     Settings().require("DATABASE_URL", "GRADECAST_JWT_SECRET")
+
+
+def test_secrets_can_come_from_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("GRADECAST_JWT_SECRET", raising=False)
+    monkeypatch.delenv("GRADECAST_PUBLISHER_KEYS", raising=False)
+    (tmp_path / "jwt").write_text("secret-from-a-file\n")
+    (tmp_path / "keys").write_text("k1,k2")
+    monkeypatch.setenv("GRADECAST_JWT_SECRET_FILE", str(tmp_path / "jwt"))
+    monkeypatch.setenv("GRADECAST_PUBLISHER_KEYS_FILE", str(tmp_path / "keys"))
+    settings = Settings()
+    assert settings.GRADECAST_JWT_SECRET is not None
+    assert settings.GRADECAST_JWT_SECRET.get_secret_value() == "secret-from-a-file"
+    assert [k.get_secret_value() for k in settings.GRADECAST_PUBLISHER_KEYS] == ["k1", "k2"]
