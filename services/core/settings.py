@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     CONNECT_BURST: int = Field(default=500, ge=1)
     CORS_ALLOWED_ORIGINS: Annotated[tuple[str, ...], NoDecode] = ()
     FORWARDED_ALLOW_IPS: str = "127.0.0.1"  # proxies whose X-Forwarded-For is believed
+    OPERATOR_TOKEN: SecretStr | None = None  # for /connections; unset: this host only
 
     HOST: str = "127.0.0.1"
     PORT: int | None = Field(default=None, ge=1, le=65535)  # None: the service's own default

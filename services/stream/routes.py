@@ -15,6 +15,7 @@ from services.stream.history import notifications_of
 from services.stream.hub import NodeFull, TooManyConnections
 from services.stream.sse import EventStream, RetryLater
 from services.web.errors import InvalidRequest, TooManyRequests, Unauthorized
+from services.web.operators import OperatorOnly
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["notifications"])
@@ -106,7 +107,7 @@ async def list_missed(
     return MissedPage(notifications=page, next=page[-1].id if more else None)
 
 
-@router.get("/connections", tags=["operations"])
+@router.get("/connections", tags=["operations"], dependencies=[OperatorOnly])
 async def list_connections(request: Request) -> Connections:
     """Open streams on this node, per student."""
     counts = request.state.hub.counts()

@@ -81,3 +81,19 @@ async def test_a_session_cookie_carries_the_token_and_query_tokens_stay_out_of_l
     log = node.log.read_text()
     assert f"/notifications/missed/{student}?token=[redacted]" in log
     assert token not in log
+
+
+async def test_connections_names_students_to_operators_only(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    node = services.start("stream", "--node-id", unique("node"), OPERATOR_TOKEN="op-secret")
+    url = f"{node.url}/connections"
+    assert (await client.get(url)).status_code == 401
+    assert (await client.get(url, headers={"Authorization": "Bearer wrong"})).status_code == 401
+    allowed = await client.get(url, headers={"Authorization": "Bearer op-secret"})
+    assert allowed.status_code == 200 and allowed.json()["total"] == 0
+    # Without a token configured, only this host: a request seen as from elsewhere is refused.
+    open_node = services.start("stream", "--node-id", unique("node"), FORWARDED_ALLOW_IPS="*")
+    forwarded = {"X-Forwarded-For": "203.0.113.9"}
+    assert (await client.get(f"{open_node.url}/connections", headers=forwarded)).status_code == 403
+    assert (await client.get(f"{open_node.url}/connections")).status_code == 200
