@@ -118,6 +118,7 @@ class EventReader:
         self.response = response
         self.comments: list[str] = []
         self.retry: int | None = None
+        self.unread: list[int] = []  # every `stats` event's count, which next_event skips
         self.lines: asyncio.Queue[str | None] = asyncio.Queue()
         self.partial = Event()
         self.reading = asyncio.create_task(self.read_lines())
@@ -141,6 +142,9 @@ class EventReader:
             while (line := await self.lines.get()) is not None:
                 event = self.partial
                 if line == "":
+                    if event.event == "stats":
+                        self.unread.append(event.json()["unread"])
+                        self.partial = event = Event()
                     if event.event or event.data:
                         self.partial = Event()
                         return event

@@ -69,3 +69,17 @@ class NotificationBatch(CamelModel):
 
     tenant_id: str
     notifications: list[NotificationPublic]
+    unread: dict[str, int] = {}  # student id: unread count, once this notification is in
+
+
+class UnreadChanged(CamelModel):
+    """The broker message sent when a student reads: every open stream of theirs, on any
+    node, shows the new count."""
+
+    tenant_id: str
+    student_id: str
+    unread: int
+
+
+# The AMQP `type` of each message, so that a consumer knows which model to read.
+NOTIFICATIONS, UNREAD = "notifications", "unread"

@@ -61,6 +61,7 @@ class Notification(Base):
         Timestamp, server_default=text("clock_timestamp()")
     )
     published_by: Mapped[str | None] = mapped_column(String(64))  # the publisher key's id
+    read_at: Mapped[datetime | None] = mapped_column(Timestamp)  # when the student read it
 
 
 class StudentSequence(Base):
@@ -75,6 +76,9 @@ class StudentSequence(Base):
     )
     student_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     last_seq: Mapped[int] = mapped_column(BigInteger)
+    # Retained notifications not yet read. Whatever changes it (publish, read, retention)
+    # takes this row's lock first, so the count stays exact under concurrency.
+    unread: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
 
 class OutboxMessage(Base):

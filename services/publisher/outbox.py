@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.core.broker import BROKER_ERRORS, BrokerLink
 from services.core.db import DatabaseUnavailable, transaction
+from services.core.events import NOTIFICATIONS
 from services.core.models import OutboxMessage
 from services.publisher.store import Outgoing
 
@@ -96,6 +97,7 @@ class OutboxRelay:
                     self.exchange.publish(
                         aio_pika.Message(
                             message.body,
+                            type=NOTIFICATIONS,
                             content_type="application/json",
                             message_id=str(message.id),
                         ),

@@ -16,15 +16,16 @@ from services.publisher.idempotency import IdempotentRequest
 from services.publisher.schemas import GradePublish, PublishedNotification, PublishResult
 
 # Locks each student's sequence row (in sorted order, so concurrent batches cannot
-# deadlock) and inserts their notifications, in one round trip.
+# deadlock), counts the new notification unread, and inserts it, in one round trip.
 INSERT_NOTIFICATIONS = text("""
     WITH sequenced AS (
-        INSERT INTO student_sequences AS s (tenant_id, student_id, last_seq)
-        SELECT CAST(:tenant_id AS text), student_id, 1
+        INSERT INTO student_sequences AS s (tenant_id, student_id, last_seq, unread)
+        SELECT CAST(:tenant_id AS text), student_id, 1, 1
         FROM unnest(CAST(:student_ids AS text[])) AS student_id
-        ON CONFLICT (tenant_id, student_id) DO UPDATE SET last_seq = s.last_seq + 1
-        RETURNING student_id, last_seq
-    )
+        ON CONFLICT (tenant_id, student_id)
+            DO UPDATE SET last_seq = s.last_seq + 1, unread = s.unread + 1
+        RETURNING student_id, last_seq, unread
+    ), inserted AS (
     INSERT INTO notifications (
         tenant_id, student_id, seq, assignment_id, grade, teacher_comment, course_id,
         assignment_title, published_by
@@ -35,7 +36,15 @@ INSERT_NOTIFICATIONS = text("""
     FROM sequenced
     RETURNING student_id, seq, assignment_id, grade, teacher_comment, course_id,
               assignment_title, published_at
+    )
+    SELECT inserted.*, sequenced.unread FROM inserted JOIN sequenced USING (student_id)
 """)
+
+
+@dataclass(frozen=True)
+class Inserted:
+    notifications: list[NotificationPublic]
+    unread: dict[str, int]  # each recipient's unread count, this notification included
 
 
 @dataclass(frozen=True)
@@ -68,11 +77,11 @@ async def store_grades(
             earlier = await idempotency.claim(connection, retention_seconds)
             if earlier is not None:
                 return Stored(PublishResult.model_validate(earlier), [], replayed=True)
-        notifications = await insert_notifications(connection, publish, publisher)
-        outgoing = await insert_outbox(connection, publisher.tenant_id, notifications, shards)
-        by_student = {n.student_id: n for n in notifications}
+        inserted = await insert_notifications(connection, publish, publisher)
+        outgoing = await insert_outbox(connection, publisher.tenant_id, inserted, shards)
+        by_student = {n.student_id: n for n in inserted.notifications}
         result = PublishResult(
-            count=len(notifications),
+            count=len(inserted.notifications),
             notifications=[
                 PublishedNotification(id=n.id, student_id=n.student_id, published_at=n.published_at)
                 for n in map(by_student.__getitem__, publish.recipients())
@@ -85,7 +94,7 @@ async def store_grades(
 
 async def insert_notifications(
     connection: AsyncConnection, publish: GradePublish, publisher: Publisher
-) -> list[NotificationPublic]:
+) -> Inserted:
     params = {
         "tenant_id": publisher.tenant_id,
         "published_by": publisher.key_id,
@@ -96,25 +105,34 @@ async def insert_notifications(
         "course_id": publish.course_id,
         "assignment_title": publish.assignment_title,
     }
-    rows = await connection.execute(INSERT_NOTIFICATIONS, params)
-    return [NotificationPublic.from_row(row) for row in rows]
+    rows = (await connection.execute(INSERT_NOTIFICATIONS, params)).all()
+    return Inserted(
+        [NotificationPublic.from_row(row) for row in rows],
+        {row.student_id: row.unread for row in rows},
+    )
 
 
 async def insert_outbox(
     connection: AsyncConnection,
     tenant_id: str,
-    notifications: list[NotificationPublic],
+    inserted: Inserted,
     shards: int,
 ) -> list[Outgoing]:
     """One broker message per shard, not per student."""
     by_shard: defaultdict[int, list[NotificationPublic]] = defaultdict(list)
-    for notification in notifications:
+    for notification in inserted.notifications:
         student = Student(tenant_id, notification.student_id)
         by_shard[shard_of(student, shards)].append(notification)
     messages = [
         (
             routing_key(shard),
-            NotificationBatch(tenant_id=tenant_id, notifications=batch).model_dump_json().encode(),
+            NotificationBatch(
+                tenant_id=tenant_id,
+                notifications=batch,
+                unread={n.student_id: inserted.unread[n.student_id] for n in batch},
+            )
+            .model_dump_json()
+            .encode(),
         )
         for shard, batch in by_shard.items()
     ]

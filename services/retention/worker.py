@@ -4,14 +4,15 @@ so publishing and streaming are never blocked behind one long delete."""
 import asyncio
 import logging
 import signal
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, delete, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.core.db import DatabaseUnavailable, create_engine, transaction
-from services.core.models import IdempotencyKey, Notification, RetentionFloor
+from services.core.models import IdempotencyKey, Notification, RetentionFloor, StudentSequence
 from services.core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -25,17 +26,10 @@ async def purge_expired(
     """How many notifications were deleted. Oldest first, so an interrupted pass leaves no
     hole in what is retained; `stop` is checked between batches. A complete pass records
     its cut-off as the retention floor."""
-    expired = (
-        select(Notification.id)
-        .where(Notification.published_at < older_than)
-        .order_by(Notification.published_at)
-        .limit(batch_size)
-    )
-    purge = delete(Notification).where(Notification.id.in_(expired.scalar_subquery()))
     total, batches = 0, 0
     while not stop.is_set():
         async with transaction(engine) as connection:
-            deleted = (await connection.execute(purge)).rowcount
+            deleted = await purge_batch(connection, older_than, batch_size)
         total, batches = total + deleted, batches + 1
         if batches % PROGRESS_EVERY_BATCHES == 0:
             logger.info("retention: %d notifications purged so far", total)
@@ -54,6 +48,41 @@ async def purge_expired(
             )
         )
     return total
+
+
+async def purge_batch(connection: AsyncConnection, older_than: datetime, batch_size: int) -> int:
+    """Deletes one batch; the unread counts of its students go down by what was unread.
+    Their sequence rows are locked first, in order, as publishing and reading lock them."""
+    expired = (
+        select(Notification.id, Notification.tenant_id, Notification.student_id)
+        .where(Notification.published_at < older_than)
+        .order_by(Notification.published_at)
+        .limit(batch_size)
+    )
+    rows = (await connection.execute(expired)).all()
+    if not rows:
+        return 0
+    students = sorted({(row.tenant_id, row.student_id) for row in rows})
+    student = tuple_(StudentSequence.tenant_id, StudentSequence.student_id)
+    lock = select(StudentSequence.tenant_id).where(student.in_(students)).order_by(student)
+    await connection.execute(lock.with_for_update())
+    purge = delete(Notification).where(Notification.id.in_([row.id for row in rows]))
+    purged = await connection.execute(
+        purge.returning(Notification.tenant_id, Notification.student_id, Notification.read_at)
+    )
+    unread = Counter((r.tenant_id, r.student_id) for r in purged if r.read_at is None)
+    if unread:
+        lower = (
+            update(StudentSequence)
+            .where(
+                StudentSequence.tenant_id == bindparam("tenant"),
+                StudentSequence.student_id == bindparam("student"),
+            )
+            .values(unread=StudentSequence.unread - bindparam("purged_unread"))
+        )
+        counts = [{"tenant": t, "student": s, "purged_unread": n} for (t, s), n in unread.items()]
+        await connection.execute(lower, counts)
+    return len(rows)
 
 
 async def run(settings: Settings, once: bool) -> int:

@@ -55,3 +55,4 @@ def limit_connects(request: Request) -> None:
 
 
 StudentDep = Annotated[Student, Depends(authenticate_student)]
+TokenStudent = Annotated[Student, Depends(verify)]  # the student the token names

@@ -17,7 +17,7 @@ from aiormq.exceptions import ChannelLockedResource
 from pydantic import ValidationError
 
 from services.core import broker
-from services.core.events import NotificationBatch
+from services.core.events import UNREAD, NotificationBatch, Student, UnreadChanged
 from services.stream.hub import Hub
 
 logger = logging.getLogger(__name__)
@@ -64,14 +64,19 @@ async def declare_node_queue(connection: AbstractRobustConnection, node_id: str)
 def message_handler(hub: Hub) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
     async def handle(message: AbstractIncomingMessage) -> None:
         try:
-            batch = NotificationBatch.model_validate_json(message.body)
+            if message.type == UNREAD:
+                change = UnreadChanged.model_validate_json(message.body)
+                hub.unread_changed(Student(change.tenant_id, change.student_id), change.unread)
+            else:
+                batch = NotificationBatch.model_validate_json(message.body)
+                for notification in batch.notifications:
+                    unread = batch.unread.get(notification.student_id)
+                    hub.dispatch(batch.tenant_id, notification, unread)
         except ValidationError as error:
             # Poison: to the dead-letter queue for operators, and go on.
             logger.error("dead-lettered message %s: %s", message.message_id, error)
             await message.reject(requeue=False)
             return
-        for notification in batch.notifications:
-            hub.dispatch(batch.tenant_id, notification)
         await message.ack()
 
     return handle

@@ -19,6 +19,11 @@ def encode_retry(milliseconds: int) -> bytes:
     return f"retry: {milliseconds}\n\n".encode()
 
 
+def encode_stats(unread: int) -> bytes:
+    """The student's unread count, sent on opening and whenever it changes."""
+    return f'event: stats\ndata: {{"unread":{unread}}}\n\n'.encode()
+
+
 def encode_reset(reason: str, purged_before: datetime | None) -> bytes:
     """Some of what the client asked for is no longer retained ("expired"), or its id was
     never this student's ("unknown-id"): it should reload rather than trust it has all.

@@ -8,11 +8,13 @@ from collections import deque
 from services.core.broker import shard_of
 from services.core.events import NotificationPublic, Student
 from services.stream.bindings import ShardBindings
-from services.stream.frames import encode_event
+from services.stream.frames import encode_event, encode_stats
 
 logger = logging.getLogger(__name__)
 
-Frame = tuple[int, bytes]  # the student's sequence number and the encoded SSE frame
+# The student's sequence number and the encoded SSE frame; no number for frames that are
+# not grades (stats), which are always sent.
+Frame = tuple[int | None, bytes]
 
 
 class TooManyConnections(Exception):
@@ -132,12 +134,21 @@ class Hub:
             if not streams:
                 del self.students[subscriber.student]
 
-    def dispatch(self, tenant_id: str, notification: NotificationPublic) -> None:
-        streams = self.students.get(Student(tenant_id, notification.student_id))
-        if not streams:
+    def dispatch(
+        self, tenant_id: str, notification: NotificationPublic, unread: int | None = None
+    ) -> None:
+        student = Student(tenant_id, notification.student_id)
+        if student not in self.students:
             return  # another student of a shard this node serves
-        frame = (notification.seq, encode_event(notification))
-        for subscriber in tuple(streams):
+        self.push(student, (notification.seq, encode_event(notification)))
+        if unread is not None:
+            self.push(student, (None, encode_stats(unread)))
+
+    def unread_changed(self, student: Student, unread: int) -> None:
+        self.push(student, (None, encode_stats(unread)))
+
+    def push(self, student: Student, frame: Frame) -> None:
+        for subscriber in tuple(self.students.get(student, ())):
             subscriber.push(frame)
 
     def subscribers(self) -> list[Subscriber]:

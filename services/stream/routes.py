@@ -5,16 +5,24 @@ import logging
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+import aio_pika
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials
 
-from services.core.broker import BROKER_ERRORS
-from services.core.events import CamelModel, NotificationPublic
-from services.stream.auth import TOKEN_COOKIE, StudentDep, bearer, limit_connects, verify
-from services.stream.history import notifications_of
+from services.core.broker import BROKER_ERRORS, routing_key, shard_of
+from services.core.events import UNREAD, CamelModel, NotificationPublic, Student, UnreadChanged
+from services.stream.auth import (
+    TOKEN_COOKIE,
+    StudentDep,
+    TokenStudent,
+    bearer,
+    limit_connects,
+    verify,
+)
+from services.stream.history import mark_read, notifications_of, position
 from services.stream.hub import NodeFull, TooManyConnections
 from services.stream.sse import EventStream, RetryLater
-from services.web.errors import InvalidRequest, TooManyRequests, Unauthorized
+from services.web.errors import InvalidRequest, NotFound, TooManyRequests, Unauthorized
 from services.web.operators import OperatorOnly
 
 logger = logging.getLogger(__name__)
@@ -28,6 +36,11 @@ SESSION_SECONDS = 12 * 3600  # the cookie's life; the token inside still expires
 class MissedPage(CamelModel):
     notifications: list[NotificationPublic]
     next: str | None  # the `after` of the following page; null at the end
+    unread: int  # of all the student's retained notifications
+
+
+class Unread(CamelModel):
+    unread: int
 
 
 class Connections(CamelModel):
@@ -104,7 +117,40 @@ async def list_missed(
     )
     more = len(page) > limit
     page = page[:limit]
-    return MissedPage(notifications=page, next=page[-1].id if more else None)
+    _, unread = await position(request.state.engine, student)
+    return MissedPage(notifications=page, next=page[-1].id if more else None, unread=unread)
+
+
+@router.post("/notifications/read-all")
+async def read_all(student: TokenStudent, request: Request) -> Unread:
+    """Mark every notification of the token's student read."""
+    return await record_read(request, student, None)
+
+
+@router.post("/notifications/{event_id}/read", responses={404: {"description": "No such id"}})
+async def read_one(
+    event_id: Annotated[str, Path(pattern=EVENT_ID)], student: TokenStudent, request: Request
+) -> Unread:
+    """Mark one notification of the token's student read."""
+    return await record_read(request, student, int(event_id))
+
+
+async def record_read(request: Request, student: Student, seq: int | None) -> Unread:
+    state = request.state
+    unread = await mark_read(state.engine, student, seq)
+    if unread is None:
+        raise NotFound("this student has no such notification")
+    change = UnreadChanged(
+        tenant_id=student.tenant_id, student_id=student.student_id, unread=unread
+    )
+    message = aio_pika.Message(change.model_dump_json().encode(), type=UNREAD)
+    key = routing_key(shard_of(student, state.settings.BROKER_SHARDS))
+    try:  # to every node with a stream of this student; the count itself is committed
+        async with asyncio.timeout(state.settings.BROKER_TIMEOUT_SECONDS):
+            await state.node_queue.exchange.publish(message, routing_key=key)
+    except BROKER_ERRORS as error:
+        logger.warning("could not announce the unread count of %s: %r", student.label(), error)
+    return Unread(unread=unread)
 
 
 @router.get("/connections", tags=["operations"], dependencies=[OperatorOnly])

@@ -12,8 +12,14 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from services.core.db import DatabaseUnavailable
-from services.stream.frames import KEEPALIVE, encode_event, encode_reset, encode_retry
-from services.stream.history import last_seq, notifications_of, purged_before
+from services.stream.frames import (
+    KEEPALIVE,
+    encode_event,
+    encode_reset,
+    encode_retry,
+    encode_stats,
+)
+from services.stream.history import notifications_of, position, purged_before
 from services.stream.hub import Subscriber
 
 logger = logging.getLogger(__name__)
@@ -97,11 +103,11 @@ class EventStream(Response):
         started = False
         try:
             # Read before the 200 goes out: whatever commits after the client sees it is live.
-            newest = await last_seq(self.engine, subscriber.student)
+            newest, unread = await position(self.engine, subscriber.student)
             await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
             await send(chunk(self.reconnect.usual()))
             started = True
-            await self.stream(send, newest)
+            await self.stream(send, newest, unread)
         except DatabaseUnavailable as error:
             # The client comes back after `retry` and replays from its Last-Event-ID.
             logger.warning("ended a stream of %s: %s", subscriber.student.label(), error)
@@ -122,8 +128,9 @@ class EventStream(Response):
             await send(chunk(self.reconnect.jittered()))
         await send(chunk(b"", more=False))
 
-    async def stream(self, send: Send, newest: int) -> None:
-        """Replay from Last-Event-ID, then live frames from the subscriber's buffer."""
+    async def stream(self, send: Send, newest: int, unread: int) -> None:
+        """Replay from Last-Event-ID, the unread count, then live frames from the
+        subscriber's buffer."""
         subscriber = self.subscriber
         if self.after is None:
             sent = newest  # a fresh stream: only what is published from now on
@@ -131,6 +138,7 @@ class EventStream(Response):
             sent = await self.replay(send, 0, newest, reset="unknown-id")
         else:
             sent = await self.replay(send, self.after, newest)
+        await send(chunk(encode_stats(unread)))
         while True:
             frame = await subscriber.next(self.heartbeat_seconds)
             if subscriber.closed:
@@ -142,6 +150,9 @@ class EventStream(Response):
                 await send(chunk(KEEPALIVE))
                 continue
             seq, data = frame
+            if seq is None:  # not a grade: nothing to order or deduplicate
+                await send(chunk(data))
+                continue
             if seq <= sent:
                 continue  # replayed already, or a duplicate from the broker
             if seq > sent + 1:  # a gap: lost on the way, but Postgres has it

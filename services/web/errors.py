@@ -37,6 +37,10 @@ class Forbidden(ApiError):
     status_code, code = 403, "forbidden"
 
 
+class NotFound(ApiError):
+    status_code, code = 404, "not_found"
+
+
 class Conflict(ApiError):
     status_code, code = 409, "conflict"
 

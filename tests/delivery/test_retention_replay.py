@@ -20,7 +20,7 @@ async def test_a_replay_past_the_retention_window_is_told_with_a_reset(
     await insert_aged(db, student, range(1, 6), timedelta(hours=30))
     await insert_aged(db, student, range(6, 9), timedelta(hours=1))
     async with db.begin() as connection:
-        sequence = "INSERT INTO student_sequences (student_id, last_seq) VALUES (:s, 8)"
+        sequence = "INSERT INTO student_sequences (student_id, last_seq, unread) VALUES (:s, 8, 8)"
         await connection.execute(text(sequence), {"s": student})
     assert run_retention(service_env, "--once").returncode == 0
     token = token_for(student)
@@ -35,6 +35,7 @@ async def test_a_replay_past_the_retention_window_is_told_with_a_reset(
             assert timedelta(0) < datetime.now(UTC) - floor < timedelta(hours=25)
             assert [e.id for e in await stream.events(3)] == ["6", "7", "8"]
             await stream.assert_quiet(1)
+            assert stream.unread == [3]  # the five purged were unread
 
     # Nothing was purged after id 6: no reset.
     async with open_stream(client, node_a.url, student, token, **{"Last-Event-ID": "6"}) as s:
