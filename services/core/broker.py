@@ -15,6 +15,7 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnec
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 
 from services.core.events import Student
+from services.core.metrics import BROKER_RECONNECTS
 from services.core.settings import Settings
 
 EXCHANGE = "gradecast.grades"
@@ -79,6 +80,7 @@ class BrokerLink:
         """Called once the channels, queues, bindings and consumers are restored."""
         self.up = True
         self.reconnects += 1
+        BROKER_RECONNECTS.inc()
         logger.info("reconnected to RabbitMQ")
         for callback in self.on_restored:
             callback()

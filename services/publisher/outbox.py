@@ -12,12 +12,13 @@ from collections.abc import Sequence
 
 import aio_pika
 from aio_pika.abc import AbstractExchange
-from sqlalchemy import delete, select, text
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.core.broker import BROKER_ERRORS, BrokerLink
 from services.core.db import DatabaseUnavailable, transaction
 from services.core.events import NOTIFICATIONS
+from services.core.metrics import OUTBOX_AGE, OUTBOX_BACKLOG
 from services.core.models import OutboxMessage
 from services.publisher.store import Outgoing
 
@@ -27,6 +28,10 @@ POLL_SECONDS = 1.0
 STALE_SECONDS = 5.0  # rows younger than this are still being sent by their own request
 BATCH_SIZE = 500
 
+BACKLOG = select(
+    func.count().label("rows"),
+    func.extract("epoch", func.now() - func.min(OutboxMessage.created_at)).label("age"),
+)
 CLAIM_STALE = (
     select(OutboxMessage.id, OutboxMessage.routing_key, OutboxMessage.body)
     .where(OutboxMessage.created_at < text(f"now() - interval '{STALE_SECONDS} seconds'"))
@@ -79,6 +84,7 @@ class OutboxRelay:
         """The relay loop, until cancelled."""
         while True:
             try:
+                await self.measure_backlog()
                 sent = await self.relay_stale()
             except (*BROKER_ERRORS, DatabaseUnavailable) as error:
                 logger.warning("outbox: relay failed, will retry: %r", error)
@@ -88,6 +94,12 @@ class OutboxRelay:
                 sent = 0
             if sent < BATCH_SIZE:
                 await asyncio.sleep(POLL_SECONDS)
+
+    async def measure_backlog(self) -> None:
+        async with transaction(self.engine) as connection:
+            row = (await connection.execute(BACKLOG)).one()
+        OUTBOX_BACKLOG.set(row.rows)
+        OUTBOX_AGE.set(row.age or 0)
 
     async def publish(self, messages: Sequence[Outgoing]) -> None:
         """Returns once RabbitMQ has confirmed every message; raises otherwise."""

@@ -4,6 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response
 
+from services.core.metrics import PUBLISHED
 from services.publisher.auth import PublisherDep
 from services.publisher.idempotency import IdempotentRequest
 from services.publisher.schemas import GradePublish, PublishResult
@@ -64,5 +65,7 @@ async def publish_grades(
     )
     if stored.replayed:
         response.headers["Idempotent-Replayed"] = "true"
+    else:
+        PUBLISHED.inc(stored.result.count)
     await relay.send_now(stored.outgoing)
     return stored.result

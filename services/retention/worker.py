@@ -7,11 +7,13 @@ import signal
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
+from prometheus_client import start_http_server
 from sqlalchemy import bindparam, delete, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.core.db import DatabaseUnavailable, create_engine, transaction
+from services.core.metrics import RETENTION_FLOOR, RETENTION_PURGED
 from services.core.models import IdempotencyKey, Notification, RetentionFloor, StudentSequence
 from services.core.settings import Settings
 
@@ -31,6 +33,7 @@ async def purge_expired(
         async with transaction(engine) as connection:
             deleted = await purge_batch(connection, older_than, batch_size)
         total, batches = total + deleted, batches + 1
+        RETENTION_PURGED.inc(deleted)
         if batches % PROGRESS_EVERY_BATCHES == 0:
             logger.info("retention: %d notifications purged so far", total)
         if deleted < batch_size:
@@ -47,6 +50,7 @@ async def purge_expired(
                 set_={"purged_before": func.greatest(RetentionFloor.purged_before, older_than)},
             )
         )
+    RETENTION_FLOOR.set(older_than.timestamp())
     return total
 
 
@@ -89,6 +93,13 @@ async def run(settings: Settings, once: bool) -> int:
     """Purges every RETENTION_INTERVAL_SECONDS until SIGTERM or SIGINT; with `once`, one
     pass. Returns what the last pass purged."""
     engine = create_engine(settings, "gradecast-retention")
+    if not once and settings.RETENTION_METRICS_PORT:
+        # A thread of the standard library's HTTP server: no web stack in this worker.
+        try:
+            start_http_server(settings.RETENTION_METRICS_PORT, addr=settings.HOST)
+        except OSError as error:
+            port = settings.RETENTION_METRICS_PORT
+            raise SystemExit(f"gradecast: RETENTION_METRICS_PORT {port}: {error}") from error
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

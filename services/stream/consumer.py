@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from services.core import broker
 from services.core.events import UNREAD, NotificationBatch, Student, UnreadChanged
+from services.core.metrics import DEAD_LETTERED
 from services.stream.hub import Hub
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ def message_handler(hub: Hub) -> Callable[[AbstractIncomingMessage], Awaitable[N
         except ValidationError as error:
             # Poison: to the dead-letter queue for operators, and go on.
             logger.error("dead-lettered message %s: %s", message.message_id, error)
+            DEAD_LETTERED.inc()
             await message.reject(requeue=False)
             return
         await message.ack()

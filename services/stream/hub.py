@@ -3,10 +3,12 @@ which encodes its frame once and pushes the same bytes to each of its student's 
 
 import asyncio
 import logging
+import time
 from collections import deque
 
 from services.core.broker import shard_of
 from services.core.events import NotificationPublic, Student
+from services.core.metrics import PUBLISH_TO_DELIVER
 from services.stream.bindings import ShardBindings
 from services.stream.frames import encode_event, encode_stats
 
@@ -140,6 +142,7 @@ class Hub:
         student = Student(tenant_id, notification.student_id)
         if student not in self.students:
             return  # another student of a shard this node serves
+        PUBLISH_TO_DELIVER.observe(time.time() - notification.published_at.timestamp())
         self.push(student, (notification.seq, encode_event(notification)))
         if unread is not None:
             self.push(student, (None, encode_stats(unread)))

@@ -12,6 +12,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from services.core.db import DatabaseUnavailable
+from services.core.metrics import EVENTS_DELIVERED, REPLAYS, RESETS
 from services.stream.frames import (
     KEEPALIVE,
     encode_event,
@@ -159,6 +160,7 @@ class EventStream(Response):
                 sent = await self.replay(send, sent, seq)
                 continue
             await send(chunk(data))
+            EVENTS_DELIVERED.inc()
             sent = seq
 
     async def replay(
@@ -168,6 +170,7 @@ class EventStream(Response):
         returns the last sequence number sent. Sequences are gapless, so a jump means the
         retention worker purged what lies between: the client is told with one reset event
         (or with `reset`, a reason known beforehand)."""
+        REPLAYS.inc()
         student = self.subscriber.student
         if reset is not None:
             await self.send_reset(send, reset)
@@ -178,6 +181,7 @@ class EventStream(Response):
                 await self.send_reset(send, reset)
             if page:
                 await send(chunk(b"".join(encode_event(n) for n in page)))
+                EVENTS_DELIVERED.inc(len(page))
                 after = page[-1].seq
             if len(page) < REPLAY_PAGE:
                 break
@@ -188,4 +192,5 @@ class EventStream(Response):
         return after
 
     async def send_reset(self, send: Send, reason: str) -> None:
+        RESETS.labels(reason).inc()
         await send(chunk(encode_reset(reason, await purged_before(self.engine))))

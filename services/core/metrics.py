@@ -1,0 +1,37 @@
+"""Prometheus metrics, one registry per process. Labels never name a student."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# Stream nodes
+STREAM_CONNECTIONS = Gauge("gradecast_stream_connections", "Open SSE streams on this node")
+EVENTS_DELIVERED = Counter("gradecast_events_delivered_total", "Grade frames sent to clients")
+PUBLISH_TO_DELIVER = Histogram(
+    "gradecast_publish_to_deliver_seconds",
+    "From a grade's publishedAt to its node handing it to the student's streams (live only)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+REPLAYS = Counter("gradecast_replays_total", "Replays from Postgres (reconnects, gaps, resyncs)")
+RESETS = Counter("gradecast_resets_total", "Reset events sent to clients", ["reason"])
+DEAD_LETTERED = Counter("gradecast_dead_lettered_total", "Broker messages a node could not read")
+
+# Both web services
+BROKER_RECONNECTS = Counter("gradecast_broker_reconnects_total", "Reconnections to RabbitMQ")
+HTTP_REQUESTS = Counter(
+    "gradecast_http_requests_total", "HTTP requests answered", ["method", "route", "status"]
+)
+HTTP_SECONDS = Histogram(
+    "gradecast_http_request_seconds",
+    "Time to the response's status line (a stream's whole life is not counted)",
+    ["method", "route"],
+)
+
+# Publisher
+PUBLISHED = Counter("gradecast_notifications_published_total", "Notifications stored")
+OUTBOX_BACKLOG = Gauge("gradecast_outbox_backlog", "Broker messages waiting in the outbox")
+OUTBOX_AGE = Gauge("gradecast_outbox_oldest_age_seconds", "Age of the oldest outbox message")
+
+# Retention worker
+RETENTION_PURGED = Counter("gradecast_retention_purged_total", "Notifications purged")
+RETENTION_FLOOR = Gauge(
+    "gradecast_retention_floor_timestamp_seconds", "Everything published before is purged"
+)
