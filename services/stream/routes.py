@@ -21,6 +21,7 @@ from services.stream.auth import (
 )
 from services.stream.history import mark_read, notifications_of, position
 from services.stream.hub import NodeFull, TooManyConnections
+from services.stream.session import StreamSession
 from services.stream.sse import EventStream, RetryLater
 from services.web.errors import InvalidRequest, NotFound, TooManyRequests, Unauthorized
 from services.web.operators import OperatorOnly
@@ -85,14 +86,14 @@ async def stream_notifications(
     except BROKER_ERRORS as error:
         logger.warning("could not bind the shard of %s: %r", student.label(), error)
         return RetryLater(state.reconnect)
-    return EventStream(
+    session = StreamSession(
         engine=state.engine,
         subscriber=subscriber,
         release=state.hub.unsubscribe,
         after=int(after) if after is not None else None,
         heartbeat_seconds=state.settings.HEARTBEAT_SECONDS,
-        reconnect=state.reconnect,
     )
+    return EventStream(session, state.reconnect)
 
 
 @router.get("/notifications/missed/{student_id}")
