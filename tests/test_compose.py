@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from services.cli import STREAM_PORT, parser
+from services.cli import PUBLISHER_PORT, STREAM_PORT, parser
 from services.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -248,3 +248,203 @@ def test_image_holds_what_migrate_reads() -> None:
     for needed in ("alembic.ini", "migrations", "services", "pyproject.toml"):
         assert needed in copied, f"the Dockerfile does not copy {needed}"
     assert any("-e ." in run for run in dockerfile_instructions("RUN"))
+
+
+# Monitoring: Prometheus scrapes every gradecast process; Grafana shows the dashboard.
+
+PROMETHEUS_CONFIG_IN_CONTAINER = "/etc/prometheus/prometheus.yml"
+GRAFANA_PROVISIONING_IN_CONTAINER = "/etc/grafana/provisioning"
+DASHBOARD_FILE = ROOT / "deploy" / "grafana" / "dashboards" / "gradecast.json"
+RETENTION_METRICS_PORT = 8010  # the default of the setting of that name
+
+# What the processes export (besides process_* and Prometheus's own `up`).
+METRICS = {
+    "gradecast_stream_connections",
+    "gradecast_events_delivered_total",
+    "gradecast_publish_to_deliver_seconds",
+    "gradecast_replays_total",
+    "gradecast_resets_total",
+    "gradecast_broker_reconnects_total",
+    "gradecast_dead_lettered_total",
+    "gradecast_notifications_published_total",
+    "gradecast_outbox_backlog",
+    "gradecast_outbox_oldest_age_seconds",
+    "gradecast_retention_purged_total",
+    "gradecast_retention_floor_timestamp_seconds",
+    "gradecast_http_requests_total",
+    "gradecast_http_request_seconds",
+}
+HISTOGRAMS = {"gradecast_publish_to_deliver_seconds", "gradecast_http_request_seconds"}
+SERIES = METRICS | {
+    f"{name}{suffix}" for name in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")
+}
+PROMQL_KEYWORDS = {
+    *("and", "or", "unless", "bool", "offset"),
+    *("by", "without", "on", "ignoring", "group_left", "group_right"),
+}
+
+
+def mounts(service: Service) -> dict[str, Path]:
+    """Bind mounts, by their path in the container."""
+    mounted = {}
+    for volume in service.get("volumes", []):
+        if isinstance(volume, dict):
+            source, target = volume["source"], volume["target"]
+        else:
+            source, target = volume.split(":")[:2]
+        if source.startswith("."):
+            mounted[target] = ROOT / source
+    return mounted
+
+
+def container_ports(service: Service) -> set[int]:
+    ports = {int(str(port).split("/")[0]) for port in service.get("expose", [])}
+    for entry in service.get("ports", []):
+        target = entry["target"] if isinstance(entry, dict) else str(entry).split(":")[-1]
+        ports.add(int(str(target).split("/")[0]))
+    return ports
+
+
+def metrics_port(service: Service) -> int:
+    """Where a gradecast process serves /metrics: its HTTP port, or retention's own."""
+    environment = environment_of(service)
+    kind = service["command"][0]
+    if kind == "retention":
+        field = Settings.model_fields.get("RETENTION_METRICS_PORT")
+        default = field.default if field is not None else RETENTION_METRICS_PORT
+        return int(environment.get("RETENTION_METRICS_PORT", default))
+    return int(
+        environment.get("PORT") or {"publisher": PUBLISHER_PORT, "stream": STREAM_PORT}[kind]
+    )
+
+
+def metric_names(expression: str) -> set[str]:
+    """The series names a PromQL expression selects."""
+    expression = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expression)  # strings
+    expression = re.sub(r"\{[^}]*\}|\[[^\]]*\]", "", expression)  # matchers, ranges
+    expression = re.sub(
+        r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expression
+    )
+    names = set()
+    for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", expression):
+        is_function = expression[match.end() :].lstrip().startswith("(")
+        if not is_function and match.group() not in PROMQL_KEYWORDS:
+            names.add(match.group())
+    return names
+
+
+def loopback_ports(service: Service) -> set[str]:
+    return {str(entry).rsplit(":", 1)[0] for entry in service.get("ports", [])}
+
+
+@pytest.fixture(scope="module")
+def prometheus_config(services: dict[str, Service]) -> dict[str, Any]:
+    path = mounts(services["prometheus"]).get(PROMETHEUS_CONFIG_IN_CONTAINER)
+    assert path is not None, f"prometheus mounts nothing at {PROMETHEUS_CONFIG_IN_CONTAINER}"
+    config: dict[str, Any] = yaml.safe_load(path.read_text())
+    return config
+
+
+@pytest.fixture(scope="module")
+def dashboard() -> dict[str, Any]:
+    parsed: dict[str, Any] = json.loads(DASHBOARD_FILE.read_text())
+    return parsed
+
+
+def dashboard_expressions(dashboard: dict[str, Any]) -> list[str]:
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def test_prometheus_and_grafana_run_on_loopback(services: dict[str, Service]) -> None:
+    assert services["prometheus"]["image"] == "prom/prometheus:v3.5.0"
+    assert services["grafana"]["image"] == "grafana/grafana:12.1.0"
+    assert loopback_ports(services["prometheus"]) == {"127.0.0.1:9090"}
+    assert loopback_ports(services["grafana"]) == {"127.0.0.1:3000"}
+    assert PROMETHEUS_CONFIG_IN_CONTAINER in mounts(services["prometheus"])
+    for volume in services["prometheus"]["volumes"] + services["grafana"]["volumes"]:
+        if str(volume).startswith("./"):
+            assert str(volume).endswith(":ro"), volume
+
+
+def test_every_gradecast_process_is_scraped_on_its_metrics_port(
+    prometheus_config: dict[str, Any], gradecast_services: dict[str, Service]
+) -> None:
+    assert prometheus_config["global"]["scrape_interval"] == "5s"
+    scraped = set()
+    for job in prometheus_config["scrape_configs"]:
+        assert job.get("metrics_path", "/metrics") == "/metrics", job["job_name"]
+        for static in job["static_configs"]:
+            for target in static["targets"]:
+                name, _, port = target.rpartition(":")
+                assert name in gradecast_services, f"{target} names no gradecast service"
+                service = gradecast_services[name]
+                assert job["job_name"] == service["command"][0], f"{target} in the wrong job"
+                assert int(port) == metrics_port(service), target
+                assert int(port) in container_ports(service), f"{name} does not expose {port}"
+                scraped.add(name)
+    assert scraped == gradecast_services.keys() - {"migrate"}
+
+
+def test_grafana_provisions_the_prometheus_datasource_and_the_dashboard(
+    services: dict[str, Service], dashboard: dict[str, Any]
+) -> None:
+    grafana = services["grafana"]
+    environment = environment_of(grafana)
+    assert environment["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
+    assert environment["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    grafana_mounts = mounts(grafana)
+    provisioning = grafana_mounts[GRAFANA_PROVISIONING_IN_CONTAINER]
+    assert provisioning == ROOT / "deploy" / "grafana" / "provisioning"
+
+    datasources = [
+        source
+        for path in sorted((provisioning / "datasources").glob("*.y*ml"))
+        for source in yaml.safe_load(path.read_text())["datasources"]
+    ]
+    [prometheus] = datasources
+    assert (prometheus["type"], prometheus["url"]) == ("prometheus", "http://prometheus:9090")
+    used = {
+        target["datasource"]["uid"] for panel in dashboard["panels"] for target in panel["targets"]
+    }
+    assert used == {prometheus["uid"]}
+
+    providers = [
+        provider
+        for path in sorted((provisioning / "dashboards").glob("*.y*ml"))
+        for provider in yaml.safe_load(path.read_text())["providers"]
+    ]
+    [provider] = providers
+    dashboards_dir = grafana_mounts[provider["options"]["path"]]
+    assert dashboards_dir / DASHBOARD_FILE.name == DASHBOARD_FILE
+
+
+def test_dashboard_panels_have_a_title_and_a_query(dashboard: dict[str, Any]) -> None:
+    assert (dashboard["uid"], dashboard["title"]) == ("gradecast", "gradecast")
+    assert dashboard["schemaVersion"] >= 39
+    assert dashboard["panels"]
+    for panel in dashboard["panels"]:
+        assert panel.get("title"), panel
+        assert panel.get("targets"), panel["title"]
+        assert all(target.get("expr") for target in panel["targets"]), panel["title"]
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(set(ids)) == len(ids)
+
+
+def test_dashboard_queries_only_exported_metrics(dashboard: dict[str, Any]) -> None:
+    charted = set()
+    for expression in dashboard_expressions(dashboard):
+        names = metric_names(expression)
+        assert names, expression
+        unknown = {n for n in names - SERIES - {"up"} if not n.startswith("process_")}
+        assert not unknown, f"{expression} reads {sorted(unknown)}"
+        charted |= names
+    for name in METRICS:
+        assert charted & {name, f"{name}_bucket"}, f"no panel charts {name}"
+
+
+def test_metric_names_are_read_from_promql() -> None:
+    expression = (
+        'histogram_quantile(0.99, sum by (le, route) (rate(a_seconds_bucket{job=~"x|y"}'
+        "[$__rate_interval]))) / on (job) group_left b_total - time() + ignoring(i) c"
+    )
+    assert metric_names(expression) == {"a_seconds_bucket", "b_total", "c"}

@@ -4,7 +4,7 @@ import os
 import socket
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     CONNECT_BURST: int = Field(default=500, ge=1)
     CORS_ALLOWED_ORIGINS: Annotated[tuple[str, ...], NoDecode] = ()
     FORWARDED_ALLOW_IPS: str = "127.0.0.1"  # proxies whose X-Forwarded-For is believed
+    LOG_FORMAT: Literal["text", "json"] = "text"  # json: one object per line
     OPERATOR_TOKEN: SecretStr | None = None  # for /connections; unset: this host only
 
     HOST: str = "127.0.0.1"
@@ -55,6 +56,7 @@ class Settings(BaseSettings):
     RETENTION_HOURS: float = Field(default=24, gt=0)
     RETENTION_INTERVAL_SECONDS: float = Field(default=300, gt=0)
     RETENTION_BATCH_SIZE: int = Field(default=10_000, ge=1)
+    RETENTION_METRICS_PORT: int = Field(default=8010, ge=0, le=65535)  # 0: no /metrics
 
     HEARTBEAT_SECONDS: float = Field(default=15, gt=0)
     RECONNECT_MILLISECONDS: int = Field(default=3000, ge=0)  # the SSE `retry:` hint

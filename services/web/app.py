@@ -9,6 +9,8 @@ from fastapi import APIRouter, FastAPI
 
 from services.web.errors import install_error_handlers
 from services.web.health import ReadinessChecks, health_router
+from services.web.metrics import HttpMetrics, metrics_router
+from services.web.request_id import RequestIdMiddleware
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[Any]]
 
@@ -18,6 +20,9 @@ def service_app(
 ) -> FastAPI:
     app = FastAPI(title=title, version=version("gradecast"), lifespan=lifespan)
     install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(HttpMetrics)
     app.include_router(router)
     app.include_router(health_router(readiness))
+    app.include_router(metrics_router)
     return app
