@@ -62,6 +62,7 @@ def service_env(database_url: str, amqp_vhost: str) -> dict[str, str]:
         "GRADECAST_JWT_SECRET": JWT_SECRET,
         "GRADECAST_PUBLISHER_KEYS": ",".join(PUBLISHER_KEYS),
         "HEARTBEAT_SECONDS": "1",
+        "RETENTION_METRICS_PORT": "0",  # tests that want it choose a free port
         "RECONNECT_MILLISECONDS": "500",
     }
 
@@ -114,8 +115,10 @@ class Services:
     def __init__(self, env: dict[str, str], logs: Path) -> None:
         self.env, self.logs, self.started = env, logs, list[ServiceProcess]()
 
-    def start(self, *args: str, wait_ready: bool = True, **env: str) -> ServiceProcess:
-        port = free_port()
+    def start(
+        self, *args: str, wait_ready: bool = True, port: int | None = None, **env: str
+    ) -> ServiceProcess:
+        port = port or free_port()
         log = self.logs / f"{'-'.join(args)}-{port}.log"
         service = ServiceProcess([*args, "--port", str(port)], {**self.env, **env}, log, port)
         self.started.append(service)

@@ -11,13 +11,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.core import broker
 from services.core.broker import BrokerLink
 from services.core.db import create_engine
+from services.core.metrics import STREAM_CONNECTIONS
 from services.core.settings import Settings, get_settings
 from services.core.tokens import TokenVerifier
 from services.stream.bindings import ShardBindings
 from services.stream.consumer import NodeQueue, declare_node_queue, message_handler
 from services.stream.hub import Hub
+from services.stream.page import page_router
 from services.stream.routes import router
 from services.stream.sse import Reconnect
+from services.stream.websocket import router as websocket_router
 from services.web.app import service_app
 from services.web.health import database_ready
 from services.web.ratelimit import RateLimiter
@@ -64,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             buffer_events=settings.CONNECTION_BUFFER_EVENTS,
         )
         await node_queue.queue.consume(message_handler(hub))
+        STREAM_CONNECTIONS.set_function(lambda: hub.total)
         link = BrokerLink(connection)
         link.on_restored.append(hub.resync_all)
         app.state.drain = lambda: hub.close_all("shutdown")  # called when shutdown begins
@@ -91,6 +95,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await engine.dispose()
 
     app = service_app("gradecast stream node", lifespan, router, readiness)
+    app.include_router(page_router)
+    app.include_router(websocket_router)
     if settings.CORS_ALLOWED_ORIGINS:  # the school's own site, which embeds the stream
         app.add_middleware(
             CORSMiddleware,

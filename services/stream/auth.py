@@ -5,8 +5,9 @@ sets. The token names the tenant; a student id means something only inside it.""
 import math
 from typing import Annotated
 
-from fastapi import Cookie, Depends, Path, Query, Request
+from fastapi import Cookie, Depends, Path, Query
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import HTTPConnection
 
 from services.core.events import Student
 from services.core.tokens import InvalidToken, TokenVerifier
@@ -23,13 +24,18 @@ def offered_token(
     token: Annotated[str | None, Query(description="The token, for EventSource")] = None,
     cookie: Annotated[str | None, Cookie(alias=TOKEN_COOKIE, include_in_schema=False)] = None,
 ) -> str:
-    offered = credentials.credentials if credentials is not None else token or cookie
-    if not offered:
-        raise Unauthorized("send a student token as 'Authorization: Bearer', ?token= or cookie")
-    return offered
+    return first_token(credentials.credentials if credentials else None, token, cookie)
 
 
-def verify(request: Request, token: Annotated[str, Depends(offered_token)]) -> Student:
+def first_token(*offered: str | None) -> str:
+    """The header's, the query string's or the cookie's, in that order."""
+    for token in offered:
+        if token:
+            return token
+    raise Unauthorized("send a student token as 'Authorization: Bearer', ?token= or cookie")
+
+
+def verify(request: HTTPConnection, token: Annotated[str, Depends(offered_token)]) -> Student:
     verifier: TokenVerifier = request.state.tokens
     try:
         return verifier.verify(token)
@@ -46,7 +52,7 @@ def authenticate_student(
     return student
 
 
-def limit_connects(request: Request) -> None:
+def limit_connects(request: HTTPConnection) -> None:
     """Connection attempts per client address, before any other work, tokens included."""
     address = request.client.host if request.client else "unknown"
     wait = request.state.connect_limiter.acquire(address)

@@ -43,7 +43,7 @@ async def test_a_school_never_reaches_another_schools_student_of_the_same_id(
         page = await client.get(
             missed, params=params, headers={"Authorization": f"Bearer {token_b}"}
         )
-        assert page.json() == {"notifications": [], "next": None}
+        assert page.json() == {"notifications": [], "next": None, "unread": 0}
     headers = {"Last-Event-ID": "0"}
     async with open_stream(client, node_a.url, student, token_b, **headers) as replay_b:
         await replay_b.assert_quiet(1)

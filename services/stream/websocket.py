@@ -1,0 +1,111 @@
+"""GET /notifications/ws/{studentId}: the same events, replay and auth as the SSE stream,
+for clients that prefer WebSocket. Each event is one JSON message:
+{"event": "grade" | "stats" | "reset", "id": "<event id>" | null, "data": {...}}.
+Refusals close the socket with 4000 + the HTTP status the SSE stream would answer."""
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable
+
+import orjson
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi.security.utils import get_authorization_scheme_param
+
+from services.core.broker import BROKER_ERRORS
+from services.core.events import Student
+from services.stream.auth import TOKEN_COOKIE, first_token, limit_connects, verify
+from services.stream.hub import NodeFull, TooManyConnections
+from services.stream.session import StreamSession
+from services.web.errors import ApiError, Forbidden, InvalidRequest
+
+logger = logging.getLogger(__name__)
+router = APIRouter()
+
+EVENT_ID = re.compile(r"[0-9]{1,18}")
+TRY_AGAIN_LATER, SERVICE_RESTART = 1013, 1012  # RFC 6455 close codes
+CLOSE_CODES = {
+    "shutdown": (SERVICE_RESTART, "the node is stopping; reconnect"),
+    "database unavailable": (TRY_AGAIN_LATER, "try again later"),
+}
+
+
+def messages(frames: bytes) -> list[str]:
+    """SSE frames as JSON messages; comments (keepalives) and retry hints are not events."""
+    out = []
+    for block in frames.decode().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.split("\n") if ": " in line)
+        if "event" in fields:
+            data = orjson.loads(fields["data"])
+            message = {"event": fields["event"], "id": fields.get("id"), "data": data}
+            out.append(orjson.dumps(message).decode())
+    return out
+
+
+async def wait_for_close(websocket: WebSocket) -> None:
+    try:
+        while True:
+            await websocket.receive_text()  # clients have nothing to say; the close matters
+    except (WebSocketDisconnect, RuntimeError):
+        return
+
+
+def admit(websocket: WebSocket, student_id: str) -> tuple[Student, int | None]:
+    """The student and the id to replay after, checked as the SSE stream checks them."""
+    limit_connects(websocket)
+    scheme, credentials = get_authorization_scheme_param(websocket.headers.get("authorization"))
+    token = first_token(
+        credentials if scheme.lower() == "bearer" else None,
+        websocket.query_params.get("token"),
+        websocket.cookies.get(TOKEN_COOKIE),
+    )
+    student = verify(websocket, token)
+    if student.student_id != student_id:
+        raise Forbidden("the token is for another student")
+    after = websocket.query_params.get("lastEventId")
+    if after is not None and not EVENT_ID.fullmatch(after):
+        raise InvalidRequest("lastEventId: not an event id")
+    return student, int(after) if after is not None else None
+
+
+@router.websocket("/notifications/ws/{student_id}")
+async def websocket_notifications(websocket: WebSocket, student_id: str) -> None:
+    state = websocket.state
+    await websocket.accept()  # first, so that a refusal can say why
+    try:
+        student, after = admit(websocket, student_id)
+        async with asyncio.timeout(state.settings.BROKER_TIMEOUT_SECONDS):
+            subscriber = await state.hub.subscribe(student)
+    except TooManyConnections:
+        await websocket.close(4429, "too many streams for this student on this node")
+        return
+    except ApiError as error:
+        await websocket.close(4000 + error.status_code, error.message[:120])
+        return
+    except (NodeFull, *BROKER_ERRORS):
+        await websocket.close(TRY_AGAIN_LATER, "try again later")
+        return
+    session = StreamSession(
+        engine=state.engine,
+        subscriber=subscriber,
+        release=state.hub.unsubscribe,
+        after=after,
+        heartbeat_seconds=state.settings.HEARTBEAT_SECONDS,
+    )
+    ended = await session.run(opened, sender(websocket), wait_for_close(websocket))
+    if ended in CLOSE_CODES:
+        await websocket.close(*CLOSE_CODES[ended])
+    elif ended not in ("disconnected", "overflow"):
+        await websocket.close()
+
+
+async def opened() -> None:
+    """Nothing to do: the socket was accepted before the checks."""
+
+
+def sender(websocket: WebSocket) -> Callable[[bytes], Awaitable[None]]:
+    async def write(frames: bytes) -> None:
+        for message in messages(frames):
+            await websocket.send_text(message)
+
+    return write
