@@ -100,6 +100,8 @@ def run_dev(args: argparse.Namespace) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    from services.client_cli import add_commands
+
     root = argparse.ArgumentParser(
         prog="gradecast", description="Real-time grade notifications over Server-Sent Events."
     )
@@ -141,6 +143,7 @@ def parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=int, default=PUBLISHER_PORT, help="the publisher's port")
     dev.add_argument("--stream-ports", type=int, nargs="+", default=[STREAM_PORT, STREAM_PORT + 1])
     dev.set_defaults(run=run_dev)
+    add_commands(commands)
     return root
 
 

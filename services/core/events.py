@@ -2,11 +2,13 @@
 the broker message. One model, so every process agrees on it."""
 
 from datetime import datetime
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
-from sqlalchemy import Row
+
+if TYPE_CHECKING:  # clients of the API use these models without the database layer
+    from sqlalchemy import Row
 
 
 class Student(NamedTuple):
@@ -50,7 +52,7 @@ class NotificationPublic(CamelModel):
         return int(self.id)
 
     @classmethod
-    def from_row(cls, row: Row[tuple[object, ...]]) -> "NotificationPublic":
+    def from_row(cls, row: "Row[tuple[object, ...]]") -> "NotificationPublic":
         return cls(
             id=str(row.seq),
             student_id=row.student_id,
