@@ -20,6 +20,7 @@ from services.core.db import DatabaseUnavailable, transaction
 from services.core.events import NOTIFICATIONS
 from services.core.metrics import OUTBOX_AGE, OUTBOX_BACKLOG
 from services.core.models import OutboxMessage
+from services.logs import request_id
 from services.publisher.store import Outgoing
 
 logger = logging.getLogger(__name__)
@@ -112,6 +113,9 @@ class OutboxRelay:
                             type=NOTIFICATIONS,
                             content_type="application/json",
                             message_id=str(message.id),
+                            # The publish request it came from, for the nodes' log lines;
+                            # none when the relay loop sends it later.
+                            correlation_id=request_id.get(),
                         ),
                         routing_key=message.routing_key,
                     )

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from services.core import broker
 from services.core.events import UNREAD, NotificationBatch, Student, UnreadChanged
 from services.core.metrics import DEAD_LETTERED
+from services.logs import request_id
 from services.stream.hub import Hub
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ async def declare_node_queue(connection: AbstractRobustConnection, node_id: str)
 
 def message_handler(hub: Hub) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
     async def handle(message: AbstractIncomingMessage) -> None:
+        request_id.set(message.correlation_id)  # each message runs in a task of its own
         try:
             if message.type == UNREAD:
                 change = UnreadChanged.model_validate_json(message.body)

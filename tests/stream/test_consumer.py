@@ -2,11 +2,14 @@
 
 import aio_pika
 import httpx
+import orjson
 
 from services.core.broker import DEAD_LETTER_QUEUE, EXCHANGE, routing_key, shard_of
 from services.core.events import Student
+from tests.conftest import Services
 from tests.support import (
     ServiceProcess,
+    eventually,
     grade_body,
     open_stream,
     publish,
@@ -43,3 +46,27 @@ async def test_a_poison_message_is_dead_lettered_and_the_node_goes_on(
 
         result = await publish(client, publisher.url, grade_body(student))
         assert (await stream.next_event()).id == result["notifications"][0]["id"]
+
+
+async def test_a_nodes_log_lines_carry_the_publish_requests_id(
+    client: httpx.AsyncClient, services: Services, service_env: dict[str, str]
+) -> None:
+    node = services.start("stream", "--node-id", unique("node"), LOG_FORMAT="json")
+    student = unique()
+    connection = await aio_pika.connect(service_env["AMQP_URL"])
+    async with connection, open_stream(client, node.url, student, token_for(student)):
+        channel = await connection.channel()
+        exchange = await channel.get_exchange(EXCHANGE)
+        poison = aio_pika.Message(b"{}", correlation_id="trace-42")
+        await exchange.publish(
+            poison, routing_key=routing_key(shard_of(Student("default", student), 64))
+        )
+
+        def logged() -> list[dict[str, object]]:
+            # The last line may be half written: only whole ones are read.
+            whole = node.log.read_text().splitlines()[:-1]
+            lines = [orjson.loads(line) for line in whole if line.startswith("{")]
+            return [line for line in lines if line.get("request_id") == "trace-42"]
+
+        await eventually(lambda: logged())
+    assert "dead-lettered" in str(logged()[0]["message"])
