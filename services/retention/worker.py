@@ -28,6 +28,9 @@ async def purge_expired(
     """How many notifications were deleted. Oldest first, so an interrupted pass leaves no
     hole in what is retained; `stop` is checked between batches. A complete pass records
     its cut-off as the retention floor."""
+    expired = select(func.count()).where(Notification.published_at < older_than)
+    async with transaction(engine) as connection:
+        expected = (await connection.scalar(expired)) or 0  # for the progress lines
     total, batches = 0, 0
     while not stop.is_set():
         async with transaction(engine) as connection:
@@ -35,7 +38,10 @@ async def purge_expired(
         total, batches = total + deleted, batches + 1
         RETENTION_PURGED.inc(deleted)
         if batches % PROGRESS_EVERY_BATCHES == 0:
-            logger.info("retention: %d notifications purged so far", total)
+            share = min(100, 100 * total // max(expected, 1))
+            logger.info(
+                "retention: purged %d of %d expired notifications (%d%%)", total, expected, share
+            )
         if deleted < batch_size:
             break
     if stop.is_set():

@@ -86,3 +86,15 @@ def test_the_worker_does_not_import_the_web_stack() -> None:
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+async def test_a_long_pass_reports_its_progress(
+    db: AsyncEngine, service_env: dict[str, str]
+) -> None:
+    student = unique()
+    await insert_aged(db, student, range(1, 41), timedelta(hours=48))
+    env = {**service_env, "RETENTION_BATCH_SIZE": "2"}  # 20 batches: progress every 10
+    result = run_retention(env, "--once")
+    assert result.returncode == 0, result.stderr
+    assert "retention: purged 20 of 40 expired notifications (50%)" in result.stderr
+    assert "retention: purged 40 of 40 expired notifications (100%)" in result.stderr
