@@ -64,7 +64,8 @@ class Settings(BaseSettings):
     # to this much at random, so that its clients do not all come back in the same instant.
     RECONNECT_JITTER_MILLISECONDS: int = Field(default=10_000, ge=0)
     MAX_CONNECTIONS_PER_STUDENT: int = Field(default=3, ge=1)
-    MAX_CONNECTIONS_PER_NODE: int = Field(default=19_000, ge=1)  # below the open-file limit
+    # None: the process's open-file limit, less what the node needs besides its streams.
+    MAX_CONNECTIONS_PER_NODE: int | None = Field(default=None, ge=1)
     CONNECTION_BUFFER_EVENTS: int = Field(default=1024, ge=1)  # a slower reader is dropped
 
     BROKER_SHARDS: int = Field(default=64, ge=1, le=4096)

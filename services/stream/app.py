@@ -1,5 +1,6 @@
 """A stream node: consumes its own RabbitMQ queue and pushes grades to students over SSE."""
 
+import resource
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypedDict
@@ -24,6 +25,15 @@ from services.stream.websocket import router as websocket_router
 from services.web.app import service_app
 from services.web.health import database_ready
 from services.web.ratelimit import RateLimiter
+
+SPARE_FILES = 100  # for Postgres, RabbitMQ, logs, and the listening socket
+
+
+def open_files() -> int:
+    """Raises the soft open-file limit to the hard one: each stream is a socket."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
 
 
 class StreamState(TypedDict):
@@ -63,7 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             bindings,
             shards=settings.BROKER_SHARDS,
             max_per_student=settings.MAX_CONNECTIONS_PER_STUDENT,
-            max_per_node=settings.MAX_CONNECTIONS_PER_NODE,
+            max_per_node=settings.MAX_CONNECTIONS_PER_NODE or open_files() - SPARE_FILES,
             buffer_events=settings.CONNECTION_BUFFER_EVENTS,
         )
         await node_queue.queue.consume(message_handler(hub))
