@@ -43,6 +43,7 @@ def serve(factory: Callable[[], FastAPI], settings: Settings, port: int) -> None
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         proxy_headers=True,  # client addresses (for rate limits) as the proxy saw them
         forwarded_allow_ips=settings.FORWARDED_ALLOW_IPS,
+        access_log=settings.ACCESS_LOG,
         log_config=None,
     )
     Server(app, config).run()

@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     CONNECT_BURST: int = Field(default=500, ge=1)
     CORS_ALLOWED_ORIGINS: Annotated[tuple[str, ...], NoDecode] = ()
     FORWARDED_ALLOW_IPS: str = "127.0.0.1"  # proxies whose X-Forwarded-For is believed
+    ACCESS_LOG: bool = True  # a line per request: off for heavy traffic
     LOG_FORMAT: Literal["text", "json"] = "text"  # json: one object per line
     OPERATOR_TOKEN: SecretStr | None = None  # for /connections; unset: this host only
 
