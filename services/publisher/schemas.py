@@ -10,7 +10,13 @@ from services.core.events import CamelModel
 Identifier = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$")
 ]
-GradeText = Annotated[str, StringConstraints(min_length=1, max_length=32, strict=True)]
+# No control characters (Postgres cannot even store NUL); text may keep tabs and line breaks.
+NO_CONTROLS, TEXT = r"^[^\x00-\x1f\x7f]+$", r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+GradeText = Annotated[
+    str, StringConstraints(min_length=1, max_length=32, pattern=NO_CONTROLS, strict=True)
+]
+Comment = Annotated[str, StringConstraints(max_length=2000, pattern=TEXT)]
+Title = Annotated[str, StringConstraints(max_length=200, pattern=TEXT)]
 # Numbers a browser's JSON.parse reads back as sent: finite, and within 2**53 (JSON's
 # integers beyond it would come back as other floats).
 SAFE_INTEGER = 2**53 - 1
@@ -29,9 +35,9 @@ class GradePublish(CamelModel):
     student_ids: list[Identifier] | None = Field(None, min_length=1, max_length=MAX_RECIPIENTS)
     assignment_id: Identifier
     grade: GradeText | GradeInteger | GradeFloat = Field(union_mode="left_to_right")
-    teacher_comment: str | None = Field(None, max_length=2000)
+    teacher_comment: Comment | None = None
     course_id: Identifier | None = None
-    assignment_title: str | None = Field(None, max_length=200)
+    assignment_title: Title | None = None
 
     @model_validator(mode="after")
     def exactly_one_recipient_field(self) -> "GradePublish":

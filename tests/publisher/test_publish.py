@@ -82,6 +82,20 @@ MALFORMED: list[tuple[str, dict[str, Any] | bytes, int, str]] = [
     ("huge grade", b'{"studentId": "s", "assignmentId": "a", "grade": 1e999}', 422, "grade"),
     ("unsafe integer grade", {"studentId": "s", "assignmentId": "a", "grade": 2**53}, 422, "grade"),
     ("empty grade", {"studentId": "s", "assignmentId": "a", "grade": ""}, 422, "grade"),
+    ("NUL in grade", {"studentId": "s", "assignmentId": "a", "grade": "A\u0000"}, 422, "grade"),
+    ("newline in grade", {"studentId": "s", "assignmentId": "a", "grade": "A\n"}, 422, "grade"),
+    (
+        "NUL in comment",
+        {"studentId": "s", "assignmentId": "a", "grade": 1, "teacherComment": "ok\u0000"},
+        422,
+        "teacherComment",
+    ),
+    (
+        "escape in title",
+        {"studentId": "s", "assignmentId": "a", "grade": 1, "assignmentTitle": "\u001b[31m"},
+        422,
+        "assignmentTitle",
+    ),
     ("no recipient", {"assignmentId": "a", "grade": 1}, 422, "studentId"),
     (
         "both recipients",
