@@ -3,54 +3,16 @@
 import argparse
 import asyncio
 import sys
-from collections.abc import Callable
-from types import FrameType
-
-import uvicorn
-from fastapi import FastAPI
 
 from services.core.settings import Settings
 from services.logs import configure_logging
 
 PUBLISHER_PORT, STREAM_PORT = 8000, 8001
-GRACEFUL_SHUTDOWN_SECONDS = 5
-
-
-class Server(uvicorn.Server):
-    """Tells the app when shutdown begins (app.state.drain), so that it can end its
-    long-lived streams: uvicorn waits for open responses to finish before the app would
-    otherwise hear of it."""
-
-    def __init__(self, app: FastAPI, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.app = app
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        drain = getattr(self.app.state, "drain", None)
-        if drain is not None and not self.should_exit:
-            asyncio.get_running_loop().call_soon_threadsafe(drain)
-        super().handle_exit(sig, frame)
-
-
-def serve(factory: Callable[[], FastAPI], settings: Settings, port: int) -> None:
-    app = factory()
-    config = uvicorn.Config(
-        app,
-        host=settings.HOST,
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-        proxy_headers=True,  # client addresses (for rate limits) as the proxy saw them
-        forwarded_allow_ips=settings.FORWARDED_ALLOW_IPS,
-        access_log=settings.ACCESS_LOG,
-        log_config=None,
-    )
-    Server(app, config).run()
 
 
 def run_publisher(args: argparse.Namespace) -> None:
     from services.publisher.app import create_app
+    from services.web.server import serve
 
     settings = Settings()
     serve(lambda: create_app(settings), settings, args.port or settings.PORT or PUBLISHER_PORT)
@@ -58,6 +20,7 @@ def run_publisher(args: argparse.Namespace) -> None:
 
 def run_stream(args: argparse.Namespace) -> None:
     from services.stream.app import create_app
+    from services.web.server import serve
 
     settings = Settings(NODE_ID=args.node_id) if args.node_id else Settings()
     serve(lambda: create_app(settings), settings, args.port or settings.PORT or STREAM_PORT)
@@ -102,6 +65,7 @@ def run_dev(args: argparse.Namespace) -> None:
 
 def parser() -> argparse.ArgumentParser:
     from services.client_cli import add_commands
+    from services.loadtest.cli import add_commands as add_loadtest_commands
 
     root = argparse.ArgumentParser(
         prog="gradecast", description="Real-time grade notifications over Server-Sent Events."
@@ -145,6 +109,7 @@ def parser() -> argparse.ArgumentParser:
     dev.add_argument("--stream-ports", type=int, nargs="+", default=[STREAM_PORT, STREAM_PORT + 1])
     dev.set_defaults(run=run_dev)
     add_commands(commands)
+    add_loadtest_commands(commands)
     return root
 
 

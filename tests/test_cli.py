@@ -9,8 +9,8 @@ import uuid
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from services.core.events import Student
 from services.core.settings import Settings
+from services.core.tenancy import Student
 from services.core.tokens import TokenVerifier
 from tests.conftest import SERVER_URL, drop_database
 from tests.support import JWT_SECRET, ROOT

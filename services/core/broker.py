@@ -14,9 +14,9 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 
-from services.core.events import Student
 from services.core.metrics import BROKER_RECONNECTS
 from services.core.settings import Settings
+from services.core.tenancy import Student
 
 EXCHANGE = "gradecast.grades"
 DEAD_LETTER_EXCHANGE = "gradecast.dead-letter"

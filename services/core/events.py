@@ -2,28 +2,13 @@
 the broker message. One model, so every process agrees on it."""
 
 from datetime import datetime
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
 if TYPE_CHECKING:  # clients of the API use these models without the database layer
     from sqlalchemy import Row
-
-
-class Student(NamedTuple):
-    """A student is known by tenant (school) and id: ids mean something only in a tenant."""
-
-    tenant_id: str
-    student_id: str
-
-    def label(self) -> str:
-        """How operators see it: the bare id in a single-school deployment."""
-        return (
-            self.student_id
-            if self.tenant_id == "default"
-            else f"{self.tenant_id}/{self.student_id}"
-        )
 
 
 class CamelModel(BaseModel):

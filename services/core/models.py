@@ -20,6 +20,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from services.core.tenancy import DEFAULT_TENANT
+
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -29,7 +31,6 @@ NAMING_CONVENTION = {
 }
 
 Timestamp = TIMESTAMP(timezone=True)
-DEFAULT_TENANT = "default"  # a single-school deployment never names one
 TenantId = String(64)
 
 

@@ -13,7 +13,7 @@ from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.core.keys import digest, find_active_key
-from services.core.models import DEFAULT_TENANT
+from services.core.tenancy import DEFAULT_TENANT
 from services.web.errors import TooManyRequests, Unauthorized
 
 bearer = HTTPBearer(auto_error=False, description="A publisher API key")

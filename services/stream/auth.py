@@ -9,7 +9,7 @@ from fastapi import Cookie, Depends, Path, Query
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
 
-from services.core.events import Student
+from services.core.tenancy import Student
 from services.core.tokens import InvalidToken, TokenVerifier
 from services.web.errors import Forbidden, TooManyRequests, Unauthorized
 

@@ -17,8 +17,9 @@ from aiormq.exceptions import ChannelLockedResource
 from pydantic import ValidationError
 
 from services.core import broker
-from services.core.events import UNREAD, NotificationBatch, Student, UnreadChanged
+from services.core.events import UNREAD, NotificationBatch, UnreadChanged
 from services.core.metrics import DEAD_LETTERED
+from services.core.tenancy import Student
 from services.logs import request_id
 from services.stream.hub import Hub
 

@@ -6,8 +6,9 @@ from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.core.db import transaction
-from services.core.events import NotificationPublic, Student
+from services.core.events import NotificationPublic
 from services.core.models import Notification, RetentionFloor, StudentSequence
+from services.core.tenancy import Student
 
 COLUMNS = (
     Notification.seq,

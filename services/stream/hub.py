@@ -7,8 +7,9 @@ import time
 from collections import deque
 
 from services.core.broker import shard_of
-from services.core.events import NotificationPublic, Student
+from services.core.events import NotificationPublic
 from services.core.metrics import PUBLISH_TO_DELIVER
+from services.core.tenancy import Student
 from services.stream.bindings import ShardBindings
 from services.stream.frames import encode_event, encode_stats
 

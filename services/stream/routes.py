@@ -10,7 +10,8 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials
 
 from services.core.broker import BROKER_ERRORS, routing_key, shard_of
-from services.core.events import UNREAD, CamelModel, NotificationPublic, Student, UnreadChanged
+from services.core.events import UNREAD, CamelModel, NotificationPublic, UnreadChanged
+from services.core.tenancy import Student
 from services.stream.auth import (
     TOKEN_COOKIE,
     StudentDep,

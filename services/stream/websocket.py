@@ -13,7 +13,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.security.utils import get_authorization_scheme_param
 
 from services.core.broker import BROKER_ERRORS
-from services.core.events import Student
+from services.core.tenancy import Student
 from services.stream.auth import TOKEN_COOKIE, first_token, limit_connects, verify
 from services.stream.hub import NodeFull, TooManyConnections
 from services.stream.session import StreamSession

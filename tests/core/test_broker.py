@@ -6,7 +6,7 @@ import zlib
 import pytest
 
 from services.core.broker import node_queue_name, routing_key, shard_of
-from services.core.events import Student
+from services.core.tenancy import Student
 
 
 def test_shard_of_a_known_id() -> None:

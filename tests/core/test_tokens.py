@@ -13,8 +13,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from services.core.events import Student
 from services.core.settings import Settings
+from services.core.tenancy import Student
 from services.core.tokens import InvalidToken, TokenVerifier, mint_token
 
 SECRET = "unit-test-secret-long-enough-for-any-hmac-algorithm-0123456789abcdef"  # 68 bytes

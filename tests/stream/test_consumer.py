@@ -5,7 +5,7 @@ import httpx
 import orjson
 
 from services.core.broker import DEAD_LETTER_QUEUE, EXCHANGE, routing_key, shard_of
-from services.core.events import Student
+from services.core.tenancy import Student
 from tests.conftest import Services
 from tests.support import (
     ServiceProcess,

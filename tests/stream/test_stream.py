@@ -7,7 +7,7 @@ import httpx
 import jwt
 
 from services.core.broker import node_queue_name, routing_key, shard_of
-from services.core.events import Student
+from services.core.tenancy import Student
 from tests.support import (
     JWT_SECRET,
     ServiceProcess,

@@ -7,7 +7,8 @@ from typing import cast
 import pytest
 
 from services.core.broker import shard_of
-from services.core.events import NotificationPublic, Student
+from services.core.events import NotificationPublic
+from services.core.tenancy import Student
 from services.stream.bindings import ShardBindings
 from services.stream.hub import Hub, NodeFull, Subscriber, TooManyConnections
 

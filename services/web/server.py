@@ -1,0 +1,46 @@
+"""Running an HTTP service: uvicorn with uvloop and httptools, and a shutdown that lets
+long-lived streams end first."""
+
+import asyncio
+from collections.abc import Callable
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+
+from services.core.settings import Settings
+
+GRACEFUL_SHUTDOWN_SECONDS = 5
+
+
+class Server(uvicorn.Server):
+    """Tells the app when shutdown begins (app.state.drain), so that it can end its
+    long-lived streams: uvicorn waits for open responses to finish before the app would
+    otherwise hear of it."""
+
+    def __init__(self, app: FastAPI, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        drain = getattr(self.app.state, "drain", None)
+        if drain is not None and not self.should_exit:
+            asyncio.get_running_loop().call_soon_threadsafe(drain)
+        super().handle_exit(sig, frame)
+
+
+def serve(factory: Callable[[], FastAPI], settings: Settings, port: int) -> None:
+    app = factory()
+    config = uvicorn.Config(
+        app,
+        host=settings.HOST,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        proxy_headers=True,  # client addresses (for rate limits) as the proxy saw them
+        forwarded_allow_ips=settings.FORWARDED_ALLOW_IPS,
+        access_log=settings.ACCESS_LOG,
+        log_config=None,
+    )
+    Server(app, config).run()
