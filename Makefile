@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install services dev test lint format
+.PHONY: install services dev test lint format bench
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ dev: install services
 
 test: install services
 	$(BIN)/python -m pytest
+
+bench: install services
+	$(BIN)/python bench/run.py $(SCENARIOS)
 
 lint: install
 	$(BIN)/ruff check .
