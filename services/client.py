@@ -11,14 +11,13 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Self
 from urllib.parse import quote
 
 import httpx
 from pydantic import JsonValue
 
-from services.core.events import CamelModel, NotificationPublic
+from services.core.events import NotificationPublic, PublishResult
 
 logger = logging.getLogger(__name__)
 
@@ -68,17 +67,6 @@ class Client:
 
     async def aclose(self) -> None:
         await self.http.aclose()
-
-
-class PublishedNotification(CamelModel):
-    id: str
-    student_id: str
-    published_at: datetime
-
-
-class PublishResult(CamelModel):
-    count: int
-    notifications: list[PublishedNotification]
 
 
 class PublisherClient(Client):

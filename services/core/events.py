@@ -50,6 +50,19 @@ class NotificationPublic(CamelModel):
         )
 
 
+class PublishedNotification(CamelModel):
+    id: str
+    student_id: str
+    published_at: datetime
+
+
+class PublishResult(CamelModel):
+    """The publish API's answer."""
+
+    count: int
+    notifications: list[PublishedNotification]
+
+
 class NotificationBatch(CamelModel):
     """The broker message: one publish request's notifications of one shard, all of one
     tenant (a publisher key belongs to one)."""

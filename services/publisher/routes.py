@@ -4,10 +4,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response
 
+from services.core.events import PublishResult
 from services.core.metrics import PUBLISHED
 from services.publisher.auth import PublisherDep
 from services.publisher.idempotency import IdempotentRequest
-from services.publisher.schemas import GradePublish, PublishResult
+from services.publisher.schemas import GradePublish
 from services.publisher.store import store_grades
 from services.web.body import read_json
 

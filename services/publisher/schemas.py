@@ -1,6 +1,5 @@
 """The publish API's request and answer."""
 
-from datetime import datetime
 from typing import Annotated
 
 from pydantic import AllowInfNan, ConfigDict, Field, Strict, StringConstraints, model_validator
@@ -50,14 +49,3 @@ class GradePublish(CamelModel):
         if self.student_id is not None:
             return [self.student_id]
         return list(dict.fromkeys(self.student_ids or ()))
-
-
-class PublishedNotification(CamelModel):
-    id: str
-    student_id: str
-    published_at: datetime
-
-
-class PublishResult(CamelModel):
-    count: int
-    notifications: list[PublishedNotification]

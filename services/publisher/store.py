@@ -9,12 +9,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.core.broker import routing_key, shard_of
 from services.core.db import transaction
-from services.core.events import NotificationBatch, NotificationPublic
+from services.core.events import (
+    NotificationBatch,
+    NotificationPublic,
+    PublishedNotification,
+    PublishResult,
+)
 from services.core.models import OutboxMessage
 from services.core.tenancy import Student
 from services.publisher.auth import Publisher
 from services.publisher.idempotency import IdempotentRequest
-from services.publisher.schemas import GradePublish, PublishedNotification, PublishResult
+from services.publisher.schemas import GradePublish
 
 # Locks each student's sequence row (in sorted order, so concurrent batches cannot
 # deadlock), counts the new notification unread, and inserts it, in one round trip.
