@@ -17,6 +17,7 @@ from services.core.settings import Settings, get_settings
 from services.core.tokens import TokenVerifier
 from services.stream.bindings import ShardBindings
 from services.stream.consumer import NodeQueue, declare_node_queue, message_handler
+from services.stream.history import Positions
 from services.stream.hub import Hub
 from services.stream.page import page_router
 from services.stream.routes import router
@@ -44,6 +45,7 @@ class StreamState(TypedDict):
     hub: Hub
     reconnect: Reconnect
     tokens: TokenVerifier
+    positions: Positions
     connect_limiter: RateLimiter
 
 
@@ -93,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "hub": hub,
                 "reconnect": reconnect,
                 "tokens": tokens,
+                "positions": Positions(engine),
                 "connect_limiter": RateLimiter(
                     settings.CONNECT_RATE_PER_SECOND, settings.CONNECT_BURST
                 ),

@@ -1,14 +1,17 @@
 """What Postgres holds of a student's notifications: replays and the missed endpoint."""
 
+import asyncio
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.core.db import transaction
 from services.core.events import NotificationPublic
 from services.core.models import Notification, RetentionFloor, StudentSequence
 from services.core.tenancy import Student
+
+POSITIONS_PER_QUERY = 5000  # two parameters each, under Postgres's 32,767
 
 COLUMNS = (
     Notification.seq,
@@ -51,13 +54,54 @@ def of_student(student: Student) -> tuple[ColumnElement[bool], ColumnElement[boo
     )
 
 
-async def position(engine: AsyncEngine, student: Student) -> tuple[int, int]:
-    """The student's newest sequence number (0 before their first notification) and how
-    many of their notifications are unread."""
-    query = select(StudentSequence.last_seq, StudentSequence.unread).where(*of_student(student))
-    async with transaction(engine) as connection:
-        row = (await connection.execute(query)).first()
-    return (row.last_seq, row.unread) if row else (0, 0)
+class Positions:
+    """Each student's newest sequence number (0 before their first notification) and unread
+    count, read with one query for all the streams that open in the same turn of the event
+    loop: a burst of connections costs a round trip, not one each (nor the pool)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.waiting: dict[Student, asyncio.Future[tuple[int, int]]] = {}
+        self.reading: set[asyncio.Task[None]] = set()
+
+    async def read(self, student: Student) -> tuple[int, int]:
+        future = self.waiting.get(student)
+        if future is None:
+            loop = asyncio.get_running_loop()
+            if not self.waiting:  # the first of this turn: read them all when it ends
+                loop.call_soon(self.read_waiting)
+            future = self.waiting[student] = loop.create_future()
+        # Shielded: one client leaving must not cancel a read that others wait for.
+        return await asyncio.shield(future)
+
+    def read_waiting(self) -> None:
+        batch, self.waiting = self.waiting, {}
+        task = asyncio.get_running_loop().create_task(self.load(batch))
+        self.reading.add(task)
+        task.add_done_callback(self.reading.discard)
+
+    async def load(self, batch: dict[Student, asyncio.Future[tuple[int, int]]]) -> None:
+        students = list(batch)
+        try:
+            found = {}
+            for start in range(0, len(students), POSITIONS_PER_QUERY):
+                chunk = students[start : start + POSITIONS_PER_QUERY]
+                key = tuple_(StudentSequence.tenant_id, StudentSequence.student_id)
+                query = select(
+                    StudentSequence.tenant_id, StudentSequence.student_id,
+                    StudentSequence.last_seq, StudentSequence.unread,
+                ).where(key.in_(chunk))  # fmt: skip
+                async with transaction(self.engine) as connection:
+                    for row in await connection.execute(query):
+                        found[Student(row.tenant_id, row.student_id)] = (row.last_seq, row.unread)
+        except Exception as error:
+            for future in batch.values():
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for student, future in batch.items():
+            if not future.done():
+                future.set_result(found.get(student, (0, 0)))
 
 
 async def mark_read(engine: AsyncEngine, student: Student, seq: int | None) -> int | None:

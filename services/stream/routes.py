@@ -20,7 +20,7 @@ from services.stream.auth import (
     limit_connects,
     verify,
 )
-from services.stream.history import mark_read, notifications_of, position
+from services.stream.history import mark_read, notifications_of
 from services.stream.hub import NodeFull, TooManyConnections
 from services.stream.session import StreamSession
 from services.stream.sse import EventStream, RetryLater
@@ -89,6 +89,7 @@ async def stream_notifications(
         return RetryLater(state.reconnect)
     session = StreamSession(
         engine=state.engine,
+        positions=state.positions,
         subscriber=subscriber,
         release=state.hub.unsubscribe,
         after=int(after) if after is not None else None,
@@ -119,7 +120,7 @@ async def list_missed(
     )
     more = len(page) > limit
     page = page[:limit]
-    _, unread = await position(request.state.engine, student)
+    _, unread = await request.state.positions.read(student)
     return MissedPage(notifications=page, next=page[-1].id if more else None, unread=unread)
 
 

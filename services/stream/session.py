@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.core.db import DatabaseUnavailable
 from services.core.metrics import EVENTS_DELIVERED, REPLAYS, RESETS
 from services.stream.frames import KEEPALIVE, encode_event, encode_reset, encode_stats
-from services.stream.history import notifications_of, position, purged_before
+from services.stream.history import Positions, notifications_of, purged_before
 from services.stream.hub import Subscriber
 
 logger = logging.getLogger(__name__)
@@ -25,12 +25,14 @@ class StreamSession:
         self,
         *,
         engine: AsyncEngine,
+        positions: Positions,
         subscriber: Subscriber,
         release: Callable[[Subscriber], None],
         after: int | None,
         heartbeat_seconds: float,
     ) -> None:
         self.engine = engine
+        self.positions = positions
         self.subscriber = subscriber
         self.release = release  # called on every path out
         self.after = after
@@ -47,7 +49,7 @@ class StreamSession:
         watcher = asyncio.ensure_future(disconnected)
         watcher.add_done_callback(lambda _: subscriber.close("disconnected"))
         try:
-            newest, unread = await position(self.engine, subscriber.student)
+            newest, unread = await self.positions.read(subscriber.student)
             await start()
             await self.stream(write, newest, unread)
         except DatabaseUnavailable as error:

@@ -87,6 +87,7 @@ async def websocket_notifications(websocket: WebSocket, student_id: str) -> None
         return
     session = StreamSession(
         engine=state.engine,
+        positions=state.positions,
         subscriber=subscriber,
         release=state.hub.unsubscribe,
         after=after,
