@@ -21,6 +21,7 @@ dev: install services
 	$(BIN)/gradecast dev
 
 test: install services
+	@bash scripts/ensure-browser.sh
 	$(BIN)/python -m pytest
 
 bench: install services

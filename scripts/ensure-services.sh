@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Starts the local Postgres and RabbitMQ when they are not answering, enables RabbitMQ's
-# management UI (operators and the tests use its HTTP API), waits until both answer, and
-# installs Debian's Chromium when it is missing (the student page's browser test drives it).
+# management UI (operators and the tests use its HTTP API), and waits until both answer.
 set -euo pipefail
 
 answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -27,10 +26,4 @@ if ! answers 15672; then
   echo "ensure-services: enabling the RabbitMQ management UI"
   rabbitmq-plugins enable --quiet rabbitmq_management >/dev/null
   wait_for 15672 "RabbitMQ management" 60
-fi
-
-# The student page's browser test drives Debian's Chromium (never a downloaded browser build).
-if [ ! -x /usr/bin/chromium ]; then
-  echo "ensure-services: installing Chromium"
-  apt-get update -qq && apt-get install -y -qq chromium >/dev/null
 fi
