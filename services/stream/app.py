@@ -71,11 +71,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         connection = await broker.connect(settings, name)
         node_queue = await declare_node_queue(connection, settings.NODE_ID)
         bindings = ShardBindings(node_queue.queue, node_queue.exchange)
+        open_file_limit = open_files()  # raised whether or not a cap is configured
         hub = Hub(
             bindings,
             shards=settings.BROKER_SHARDS,
             max_per_student=settings.MAX_CONNECTIONS_PER_STUDENT,
-            max_per_node=settings.MAX_CONNECTIONS_PER_NODE or open_files() - SPARE_FILES,
+            max_per_node=settings.MAX_CONNECTIONS_PER_NODE or open_file_limit - SPARE_FILES,
             buffer_events=settings.CONNECTION_BUFFER_EVENTS,
         )
         await node_queue.queue.consume(message_handler(hub))
