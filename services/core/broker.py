@@ -66,7 +66,6 @@ class BrokerLink:
 
     def __init__(self, connection: AbstractRobustConnection) -> None:
         self.up = True
-        self.reconnects = 0
         self.on_restored: list[Any] = []
         connection.close_callbacks.add(self.lost)
         connection.reconnect_callbacks.add(self.restored)
@@ -79,7 +78,6 @@ class BrokerLink:
     def restored(self, *_: object) -> None:
         """Called once the channels, queues, bindings and consumers are restored."""
         self.up = True
-        self.reconnects += 1
         BROKER_RECONNECTS.inc()
         logger.info("reconnected to RabbitMQ")
         for callback in self.on_restored:

@@ -90,15 +90,6 @@ class Settings(BaseSettings):
             return tuple(item.strip() for item in value.split(",") if item.strip())
         return value
 
-    @property
-    def verifies_tokens(self) -> bool:
-        keys = (
-            self.GRADECAST_JWT_SECRET,
-            self.GRADECAST_JWT_PUBLIC_KEY_FILE,
-            self.GRADECAST_JWKS_FILE,
-        )
-        return any(keys)
-
     def require(self, *names: str) -> None:
         """Stop a service at start when a setting it cannot run without is empty."""
         missing = [name for name in names if not getattr(self, name)]
