@@ -83,14 +83,15 @@ async def store_grades(
             earlier = await idempotency.claim(connection, retention_seconds)
             if earlier is not None:
                 return Stored(PublishResult.model_validate(earlier), [], replayed=True)
-        inserted = await insert_notifications(connection, publish, publisher)
+        recipients = publish.recipients()  # deduplicated: up to 10,000 ids
+        inserted = await insert_notifications(connection, publish, recipients, publisher)
         outgoing = await insert_outbox(connection, publisher.tenant_id, inserted, shards)
         by_student = {n.student_id: n for n in inserted.notifications}
         result = PublishResult(
             count=len(inserted.notifications),
             notifications=[
                 PublishedNotification(id=n.id, student_id=n.student_id, published_at=n.published_at)
-                for n in map(by_student.__getitem__, publish.recipients())
+                for n in map(by_student.__getitem__, recipients)
             ],
         )
         if idempotency is not None:
@@ -99,12 +100,15 @@ async def store_grades(
 
 
 async def insert_notifications(
-    connection: AsyncConnection, publish: GradePublish, publisher: Publisher
+    connection: AsyncConnection,
+    publish: GradePublish,
+    recipients: list[str],
+    publisher: Publisher,
 ) -> Inserted:
     params = {
         "tenant_id": publisher.tenant_id,
         "published_by": publisher.key_id,
-        "student_ids": sorted(publish.recipients()),
+        "student_ids": sorted(recipients),
         "assignment_id": publish.assignment_id,
         "grade": orjson.dumps(publish.grade).decode(),
         "teacher_comment": publish.teacher_comment,
