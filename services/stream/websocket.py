@@ -14,10 +14,16 @@ from fastapi.security.utils import get_authorization_scheme_param
 
 from services.core.broker import BROKER_ERRORS
 from services.core.tenancy import Student
-from services.stream.auth import TOKEN_COOKIE, first_token, limit_connects, verify
+from services.stream.auth import (
+    TOKEN_COOKIE,
+    authenticate_student,
+    first_token,
+    limit_connects,
+    verify,
+)
 from services.stream.hub import NodeFull, TooManyConnections
 from services.stream.session import StreamSession
-from services.web.errors import ApiError, Forbidden, InvalidRequest
+from services.web.errors import ApiError, InvalidRequest
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -59,9 +65,7 @@ def admit(websocket: WebSocket, student_id: str) -> tuple[Student, int | None]:
         websocket.query_params.get("token"),
         websocket.cookies.get(TOKEN_COOKIE),
     )
-    student = verify(websocket, token)
-    if student.student_id != student_id:
-        raise Forbidden("the token is for another student")
+    student = authenticate_student(student_id, verify(websocket, token))
     after = websocket.query_params.get("lastEventId")
     if after is not None and not EVENT_ID.fullmatch(after):
         raise InvalidRequest("lastEventId: not an event id")
