@@ -20,7 +20,9 @@ def create_engine(settings: Settings, application_name: str) -> AsyncEngine:
     return create_async_engine(
         settings.DATABASE_URL,
         pool_size=settings.DATABASE_POOL_SIZE,
-        max_overflow=settings.DATABASE_POOL_SIZE,
+        # A fixed size: connections beyond the pool would be opened and closed again with
+        # every burst, and opening one costs more than waiting for a pooled one.
+        max_overflow=0,
         pool_timeout=settings.DATABASE_TIMEOUT_SECONDS,
         # A restarted Postgres leaves dead connections in the pool: test each on checkout.
         pool_pre_ping=True,

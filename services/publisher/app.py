@@ -1,6 +1,7 @@
 """The publish API: gradebooks post grades; each is committed, then sent to RabbitMQ."""
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.core import broker
 from services.core.broker import BrokerLink
-from services.core.db import create_engine
+from services.core.db import DatabaseUnavailable, create_engine
 from services.core.settings import Settings, get_settings
 from services.publisher.auth import PublisherKeys
 from services.publisher.outbox import OutboxRelay
@@ -19,6 +20,8 @@ from services.publisher.routes import router
 from services.web.app import service_app
 from services.web.health import database_ready
 from services.web.ratelimit import RateLimiter
+
+logger = logging.getLogger(__name__)
 
 
 class PublisherState(TypedDict):
@@ -65,6 +68,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             relay_loop.cancel()
             await asyncio.gather(relay_loop, return_exceptions=True)
+            try:  # else another publisher's relay sends them again, and nodes drop them
+                await relay.delete_confirmed()
+            except DatabaseUnavailable as error:
+                logger.warning("outbox: could not delete confirmed rows: %s", error)
             await broker.close(connection, settings.BROKER_TIMEOUT_SECONDS)
             await engine.dispose()
 

@@ -1,9 +1,11 @@
 """Sends outbox rows to RabbitMQ with publisher confirms and deletes what was confirmed.
 
-A publish sends its own rows right after its commit. What that could not send (the broker
-was down, the process died) the relay loop sends later, from what Postgres holds; rows are
-claimed with SKIP LOCKED so that several publishers never send the same row at once.
-Should a row still go out twice, stream nodes drop what a connection has already had.
+A publish sends its own rows right after its commit; the relay loop deletes the confirmed
+ones, all together once a second, rather than in a transaction per request. What a publish
+could not send (the broker was down, the process died) the relay loop sends later, from
+what Postgres holds; rows are claimed with SKIP LOCKED so that several publishers never
+send the same row at once. Should a row still go out twice (confirmed, but the process died
+before deleting it), stream nodes drop what a connection has already had.
 """
 
 import asyncio
@@ -12,7 +14,7 @@ from collections.abc import Sequence
 
 import aio_pika
 from aio_pika.abc import AbstractExchange
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import ARRAY, BigInteger, any_, bindparam, delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.core.broker import BROKER_ERRORS, BrokerLink
@@ -32,6 +34,10 @@ BATCH_SIZE = 500
 BACKLOG = select(
     func.count().label("rows"),
     func.extract("epoch", func.now() - func.min(OutboxMessage.created_at)).label("age"),
+)
+# An array parameter: one prepared statement whatever the number of ids.
+DELETE_SENT = delete(OutboxMessage).where(
+    OutboxMessage.id == any_(bindparam("ids", type_=ARRAY(BigInteger)))
 )
 CLAIM_STALE = (
     select(OutboxMessage.id, OutboxMessage.routing_key, OutboxMessage.body)
@@ -54,20 +60,33 @@ class OutboxRelay:
         self.link = link
         self.exchange = exchange
         self.timeout_seconds = timeout_seconds
+        self.confirmed: list[int] = []  # sent and confirmed, still to be deleted
 
     async def send_now(self, messages: Sequence[Outgoing]) -> bool:
-        """After a commit: send, then delete. A failure leaves the rows to the relay loop."""
+        """After a commit: send; the relay loop deletes what was confirmed. A failure leaves
+        the rows to the relay loop to send."""
         if not messages or not self.link.up:
             return False  # never wait on a broker that is down: the relay sends them later
         try:
             await self.publish(messages)
-            async with transaction(self.engine) as connection:
-                ids = [message.id for message in messages]
-                await connection.execute(delete(OutboxMessage).where(OutboxMessage.id.in_(ids)))
         except Exception as error:  # committed already: the answer is 201 whatever happens here
             logger.warning("outbox: left %d messages to the relay: %r", len(messages), error)
             return False
+        self.confirmed.extend(message.id for message in messages)
         return True
+
+    async def delete_confirmed(self) -> None:
+        """One statement for every row confirmed since the last call; on failure they stay
+        listed for the next."""
+        ids, self.confirmed = self.confirmed, []
+        if not ids:
+            return
+        try:
+            async with transaction(self.engine) as connection:
+                await connection.execute(DELETE_SENT, {"ids": ids})
+        except BaseException:
+            self.confirmed.extend(ids)
+            raise
 
     async def relay_stale(self) -> int:
         """Send one batch of rows that their own request did not send; how many were sent."""
@@ -77,7 +96,7 @@ class OutboxRelay:
                 return 0
             await self.publish([Outgoing(row.id, row.routing_key, row.body) for row in rows])
             ids = [row.id for row in rows]
-            await connection.execute(delete(OutboxMessage).where(OutboxMessage.id.in_(ids)))
+            await connection.execute(DELETE_SENT, {"ids": ids})
         logger.info("outbox: relayed %d messages", len(rows))
         return len(rows)
 
@@ -85,6 +104,7 @@ class OutboxRelay:
         """The relay loop, until cancelled."""
         while True:
             try:
+                await self.delete_confirmed()
                 await self.measure_backlog()
                 sent = await self.relay_stale()
             except (*BROKER_ERRORS, DatabaseUnavailable) as error:
