@@ -1,5 +1,6 @@
 """A stream node: consumes its own RabbitMQ queue and pushes grades to students over SSE."""
 
+import asyncio
 import resource
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             buffer_events=settings.CONNECTION_BUFFER_EVENTS,
         )
         await node_queue.queue.consume(message_handler(hub))
+        keepalives = asyncio.create_task(hub.keep_alive(settings.HEARTBEAT_SECONDS))
         STREAM_CONNECTIONS.set_function(lambda: hub.total)
         link = BrokerLink(connection)
         link.on_restored.append(hub.resync_all)
@@ -102,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 ),
             }
         finally:
+            keepalives.cancel()
             hub.close_all("shutdown")
             await bindings.close()
             # Closing the connection ends its consumer; the exclusive queue goes with it.

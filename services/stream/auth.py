@@ -1,6 +1,9 @@
 """Students read their own notifications with a token: `Authorization: Bearer`, `?token=`
 (a browser's EventSource cannot set headers), or the HttpOnly cookie /notifications/session
-sets. The token names the tenant; a student id means something only inside it."""
+sets. The token names the tenant; a student id means something only inside it.
+
+The dependencies are `async def` although none waits: FastAPI runs a plain `def` in a
+thread pool, a round trip between threads for each one on every connection."""
 
 import math
 from typing import Annotated
@@ -19,7 +22,7 @@ bearer = HTTPBearer(auto_error=False, description="A student token (JWT)")
 StudentIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$")]
 
 
-def offered_token(
+async def offered_token(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     token: Annotated[str | None, Query(description="The token, for EventSource")] = None,
     cookie: Annotated[str | None, Cookie(alias=TOKEN_COOKIE, include_in_schema=False)] = None,
@@ -35,7 +38,7 @@ def first_token(*offered: str | None) -> str:
     raise Unauthorized("send a student token as 'Authorization: Bearer', ?token= or cookie")
 
 
-def verify(request: HTTPConnection, token: Annotated[str, Depends(offered_token)]) -> Student:
+async def verify(request: HTTPConnection, token: Annotated[str, Depends(offered_token)]) -> Student:
     verifier: TokenVerifier = request.state.tokens
     try:
         return verifier.verify(token)
@@ -43,7 +46,7 @@ def verify(request: HTTPConnection, token: Annotated[str, Depends(offered_token)
         raise Unauthorized(f"the token is not valid: {error}") from error
 
 
-def authenticate_student(
+async def authenticate_student(
     student_id: StudentIdPath, student: Annotated[Student, Depends(verify)]
 ) -> Student:
     """The student of the path, once the token proves the caller is that student."""
@@ -52,7 +55,7 @@ def authenticate_student(
     return student
 
 
-def limit_connects(request: HTTPConnection) -> None:
+async def limit_connects(request: HTTPConnection) -> None:
     """Connection attempts per client address, before any other work, tokens included."""
     address = request.client.host if request.client else "unknown"
     wait = request.state.connect_limiter.acquire(address)

@@ -11,7 +11,7 @@ from services.core.events import NotificationPublic
 from services.core.metrics import PUBLISH_TO_DELIVER
 from services.core.tenancy import Student
 from services.stream.bindings import ShardBindings
-from services.stream.frames import encode_event, encode_stats
+from services.stream.frames import KEEPALIVE, encode_event, encode_stats
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class Subscriber:
     """One open stream: a bounded buffer the hub fills and the connection drains. A reader
     that falls further behind than the buffer is closed, and replays on reconnect."""
 
-    __slots__ = ("student", "limit", "frames", "waiter", "closed", "resync", "writer")
+    __slots__ = ("student", "limit", "frames", "waiter", "closed", "resync", "writer", "quiet")
 
     def __init__(self, student: Student, limit: int) -> None:
         self.student = student
@@ -42,6 +42,7 @@ class Subscriber:
         self.closed: str | None = None  # why, once closed
         self.resync = False  # live frames may have been lost: check Postgres
         self.writer: asyncio.Task[object] | None = None  # the task writing to the client
+        self.quiet = False  # nothing pushed since the hub's last keepalive tick
 
     def push(self, frame: Frame) -> None:
         if self.closed:
@@ -55,6 +56,7 @@ class Subscriber:
                 self.writer.cancel()  # it may be stuck writing to a client that stopped reading
             return
         self.frames.append(frame)
+        self.quiet = False
         self.wake()
 
     def close(self, reason: str) -> None:
@@ -71,16 +73,12 @@ class Subscriber:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
-    async def next(self, idle_seconds: float) -> Frame | None:
-        """The next frame; None after `idle_seconds` without one, on a resync request, or
-        once closed."""
+    async def next(self) -> Frame | None:
+        """The next frame; None on a resync request, or once closed."""
         if not self.frames and not self.closed and not self.resync:
             self.waiter = asyncio.get_running_loop().create_future()
             try:
-                async with asyncio.timeout(idle_seconds):
-                    await self.waiter
-            except TimeoutError:
-                pass
+                await self.waiter
             finally:
                 self.waiter = None
         if self.closed or not self.frames:
@@ -154,6 +152,20 @@ class Hub:
     def push(self, student: Student, frame: Frame) -> None:
         for subscriber in tuple(self.students.get(student, ())):
             subscriber.push(frame)
+
+    async def keep_alive(self, heartbeat_seconds: float) -> None:
+        """One timer for all streams rather than one per stream: a keepalive to each stream
+        that was sent nothing for a tick, twice a heartbeat, so no stream is silent for
+        longer than `heartbeat_seconds`. Runs until cancelled."""
+        while True:
+            await asyncio.sleep(heartbeat_seconds / 2)
+            self.tick()
+
+    def tick(self) -> None:
+        for subscriber in self.subscribers():
+            if subscriber.quiet:
+                subscriber.push((None, KEEPALIVE))
+            subscriber.quiet = True
 
     def subscribers(self) -> list[Subscriber]:
         return [subscriber for streams in self.students.values() for subscriber in streams]

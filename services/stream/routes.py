@@ -93,7 +93,6 @@ async def stream_notifications(
         subscriber=subscriber,
         release=state.hub.unsubscribe,
         after=int(after) if after is not None else None,
-        heartbeat_seconds=state.settings.HEARTBEAT_SECONDS,
     )
     return EventStream(session, state.reconnect)
 
@@ -176,7 +175,7 @@ async def open_session(
     if credentials is None:
         raise Unauthorized("send the token as 'Authorization: Bearer'")
     token = credentials.credentials
-    verify(request, token)
+    await verify(request, token)
     response.set_cookie(
         TOKEN_COOKIE,
         token,

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.core.db import DatabaseUnavailable
 from services.core.metrics import EVENTS_DELIVERED, REPLAYS, RESETS
-from services.stream.frames import KEEPALIVE, encode_event, encode_reset, encode_stats
+from services.stream.frames import encode_event, encode_reset, encode_stats
 from services.stream.history import Positions, notifications_of, purged_before
 from services.stream.hub import Subscriber
 
@@ -29,14 +29,12 @@ class StreamSession:
         subscriber: Subscriber,
         release: Callable[[Subscriber], None],
         after: int | None,
-        heartbeat_seconds: float,
     ) -> None:
         self.engine = engine
         self.positions = positions
         self.subscriber = subscriber
         self.release = release  # called on every path out
         self.after = after
-        self.heartbeat_seconds = heartbeat_seconds
 
     async def run(
         self, start: Callable[[], Awaitable[None]], write: Write, disconnected: Awaitable[None]
@@ -76,17 +74,16 @@ class StreamSession:
             sent = await self.replay(write, self.after, newest)
         await write(encode_stats(unread))
         while True:
-            frame = await subscriber.next(self.heartbeat_seconds)
+            frame = await subscriber.next()
             if subscriber.closed:
                 return
             if subscriber.resync:  # the broker connection was lost: Postgres has the rest
                 subscriber.resync = False
                 sent = await self.replay(write, sent)
             if frame is None:
-                await write(KEEPALIVE)
                 continue
             seq, data = frame
-            if seq is None:  # not a grade: nothing to order or deduplicate
+            if seq is None:  # stats or a keepalive: nothing to order or deduplicate
                 await write(data)
                 continue
             if seq <= sent:

@@ -56,16 +56,16 @@ async def wait_for_close(websocket: WebSocket) -> None:
         return
 
 
-def admit(websocket: WebSocket, student_id: str) -> tuple[Student, int | None]:
+async def admit(websocket: WebSocket, student_id: str) -> tuple[Student, int | None]:
     """The student and the id to replay after, checked as the SSE stream checks them."""
-    limit_connects(websocket)
+    await limit_connects(websocket)
     scheme, credentials = get_authorization_scheme_param(websocket.headers.get("authorization"))
     token = first_token(
         credentials if scheme.lower() == "bearer" else None,
         websocket.query_params.get("token"),
         websocket.cookies.get(TOKEN_COOKIE),
     )
-    student = authenticate_student(student_id, verify(websocket, token))
+    student = await authenticate_student(student_id, await verify(websocket, token))
     after = websocket.query_params.get("lastEventId")
     if after is not None and not EVENT_ID.fullmatch(after):
         raise InvalidRequest("lastEventId: not an event id")
@@ -77,7 +77,7 @@ async def websocket_notifications(websocket: WebSocket, student_id: str) -> None
     state = websocket.state
     await websocket.accept()  # first, so that a refusal can say why
     try:
-        student, after = admit(websocket, student_id)
+        student, after = await admit(websocket, student_id)
         async with asyncio.timeout(state.settings.BROKER_TIMEOUT_SECONDS):
             subscriber = await state.hub.subscribe(student)
     except TooManyConnections:
@@ -95,7 +95,6 @@ async def websocket_notifications(websocket: WebSocket, student_id: str) -> None
         subscriber=subscriber,
         release=state.hub.unsubscribe,
         after=after,
-        heartbeat_seconds=state.settings.HEARTBEAT_SECONDS,
     )
     ended = await session.run(opened, sender(websocket), wait_for_close(websocket))
     if ended in CLOSE_CODES:

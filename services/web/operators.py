@@ -13,7 +13,7 @@ LOOPBACK = ("127.0.0.1", "::1")
 bearer = HTTPBearer(auto_error=False, description="OPERATOR_TOKEN")
 
 
-def operator_only(
+async def operator_only(  # async: no thread pool hop
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> None:

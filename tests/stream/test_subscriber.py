@@ -10,6 +10,7 @@ from services.core.broker import shard_of
 from services.core.events import NotificationPublic
 from services.core.tenancy import Student
 from services.stream.bindings import ShardBindings
+from services.stream.frames import KEEPALIVE
 from services.stream.hub import Hub, NodeFull, Subscriber, TooManyConnections
 
 SHARDS = 64
@@ -66,19 +67,35 @@ async def test_frames_come_out_in_order() -> None:
     subscriber = Subscriber(student("student-1"), limit=10)
     subscriber.push((1, b"one"))
     subscriber.push((2, b"two"))
-    assert await subscriber.next(1) == (1, b"one")
-    assert await subscriber.next(1) == (2, b"two")
+    assert await subscriber.next() == (1, b"one")
+    assert await subscriber.next() == (2, b"two")
 
 
-async def test_next_gives_none_when_idle() -> None:
-    subscriber = Subscriber(student("student-1"), limit=10)
-    assert await subscriber.next(0.05) is None
-    assert subscriber.closed is None
+async def test_keepalives_go_only_to_streams_that_were_quiet_for_a_tick() -> None:
+    hub, _ = make_hub()
+    quiet = await hub.subscribe(student("student-1"))
+    busy = await hub.subscribe(student("student-2"))
+    hub.tick()  # both were just opened: not quiet yet
+    assert not quiet.frames and not busy.frames
+    busy.push((1, b"grade"))
+    hub.tick()
+    assert list(quiet.frames) == [(None, KEEPALIVE)]
+    assert list(busy.frames) == [(1, b"grade")]
+
+
+async def test_keepalives_are_sent_while_idle() -> None:
+    hub, _ = make_hub()
+    subscriber = await hub.subscribe(student("student-1"))
+    ticks = asyncio.create_task(hub.keep_alive(0.1))
+    try:
+        assert await asyncio.wait_for(subscriber.next(), 5) == (None, KEEPALIVE)
+    finally:
+        ticks.cancel()
 
 
 async def test_next_waits_for_a_push() -> None:
     subscriber = Subscriber(student("student-1"), limit=10)
-    waiting = asyncio.create_task(subscriber.next(5))
+    waiting = asyncio.create_task(subscriber.next())
     await asyncio.sleep(0)
     subscriber.push((1, b"one"))
     assert await asyncio.wait_for(waiting, 1) == (1, b"one")
@@ -89,14 +106,14 @@ async def test_overflow_closes_the_stream() -> None:
     for seq in range(3):
         subscriber.push((seq, b"frame"))
     assert subscriber.closed == "overflow"
-    assert await asyncio.wait_for(subscriber.next(5), 0.5) is None
+    assert await asyncio.wait_for(subscriber.next(), 0.5) is None
     subscriber.push((4, b"late"))
     assert not subscriber.frames
 
 
 async def test_close_wakes_a_waiting_next() -> None:
     subscriber = Subscriber(student("student-1"), limit=10)
-    waiting = asyncio.create_task(subscriber.next(5))
+    waiting = asyncio.create_task(subscriber.next())
     await asyncio.sleep(0)
     subscriber.close("shutdown")
     assert await asyncio.wait_for(waiting, 1) is None
@@ -179,7 +196,7 @@ async def test_a_full_node_refuses_new_streams_until_one_closes() -> None:
 async def test_resync_wakes_a_waiting_stream_without_a_frame() -> None:
     hub, _ = make_hub()
     subscriber = await hub.subscribe(student("student-1"))
-    waiting = asyncio.create_task(subscriber.next(5))
+    waiting = asyncio.create_task(subscriber.next())
     await asyncio.sleep(0)
     hub.resync_all()
     assert await asyncio.wait_for(waiting, 1) is None
