@@ -4,22 +4,50 @@ so publishing and streaming are never blocked behind one long delete."""
 import asyncio
 import logging
 import signal
-from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 from prometheus_client import start_http_server
-from sqlalchemy import bindparam, delete, func, select, tuple_, update
+from sqlalchemy import ARRAY, BigInteger, bindparam, delete, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.core.db import DatabaseUnavailable, create_engine, transaction
 from services.core.metrics import RETENTION_FLOOR, RETENTION_PURGED
-from services.core.models import IdempotencyKey, Notification, RetentionFloor, StudentSequence
+from services.core.models import IdempotencyKey, Notification, RetentionFloor
 from services.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 PROGRESS_EVERY_BATCHES = 10
+
+# Byte order ("C"), whatever the database's collation: the order publishing sorts its
+# recipients in, so that a purge and a batch publish never wait on each other in a cycle.
+LOCK_STUDENTS = text("""
+    SELECT 1 FROM student_sequences
+    WHERE (tenant_id, student_id) IN (
+        SELECT tenant_id, student_id FROM notifications WHERE id = ANY(:ids)
+    )
+    ORDER BY tenant_id COLLATE "C", student_id COLLATE "C"
+    FOR UPDATE
+""").bindparams(bindparam("ids", type_=ARRAY(BigInteger)))
+
+# Deletes the batch and lowers its students' unread counts in one statement; how many
+# were deleted.
+PURGE = text("""
+    WITH purged AS (
+        DELETE FROM notifications WHERE id = ANY(:ids)
+        RETURNING tenant_id, student_id, read_at
+    ), unread AS (
+        SELECT tenant_id, student_id, count(*) AS purged FROM purged
+        WHERE read_at IS NULL
+        GROUP BY tenant_id, student_id
+    ), lowered AS (
+        UPDATE student_sequences AS s SET unread = s.unread - unread.purged
+        FROM unread
+        WHERE s.tenant_id = unread.tenant_id AND s.student_id = unread.student_id
+    )
+    SELECT count(*) FROM purged
+""").bindparams(bindparam("ids", type_=ARRAY(BigInteger)))
 
 
 async def purge_expired(
@@ -34,7 +62,7 @@ async def purge_expired(
     total, batches = 0, 0
     while not stop.is_set():
         async with transaction(engine) as connection:
-            deleted = await purge_batch(connection, older_than, batch_size)
+            taken, deleted = await purge_batch(connection, older_than, batch_size)
         total, batches = total + deleted, batches + 1
         RETENTION_PURGED.inc(deleted)
         if batches % PROGRESS_EVERY_BATCHES == 0:
@@ -42,7 +70,7 @@ async def purge_expired(
             logger.info(
                 "retention: purged %d of %d expired notifications (%d%%)", total, expected, share
             )
-        if deleted < batch_size:
+        if taken < batch_size:
             break
     if stop.is_set():
         return total
@@ -60,39 +88,25 @@ async def purge_expired(
     return total
 
 
-async def purge_batch(connection: AsyncConnection, older_than: datetime, batch_size: int) -> int:
-    """Deletes one batch; the unread counts of its students go down by what was unread.
-    Their sequence rows are locked first, in order, as publishing and reading lock them."""
+async def purge_batch(
+    connection: AsyncConnection, older_than: datetime, batch_size: int
+) -> tuple[int, int]:
+    """Deletes one batch: how many rows it took, and how many of them it deleted (another
+    pass may have got some first). The unread counts of its students go down by what was
+    unread; their sequence rows are locked first, in order, as publishing and reading lock
+    them. The batch goes to Postgres as one array, not a parameter per row: a batch spans
+    thousands of students, and an IN list that long is refused ("stack depth limit")."""
     expired = (
-        select(Notification.id, Notification.tenant_id, Notification.student_id)
+        select(Notification.id)
         .where(Notification.published_at < older_than)
         .order_by(Notification.published_at)
         .limit(batch_size)
     )
-    rows = (await connection.execute(expired)).all()
-    if not rows:
-        return 0
-    students = sorted({(row.tenant_id, row.student_id) for row in rows})
-    student = tuple_(StudentSequence.tenant_id, StudentSequence.student_id)
-    lock = select(StudentSequence.tenant_id).where(student.in_(students)).order_by(student)
-    await connection.execute(lock.with_for_update())
-    purge = delete(Notification).where(Notification.id.in_([row.id for row in rows]))
-    purged = await connection.execute(
-        purge.returning(Notification.tenant_id, Notification.student_id, Notification.read_at)
-    )
-    unread = Counter((r.tenant_id, r.student_id) for r in purged if r.read_at is None)
-    if unread:
-        lower = (
-            update(StudentSequence)
-            .where(
-                StudentSequence.tenant_id == bindparam("tenant"),
-                StudentSequence.student_id == bindparam("student"),
-            )
-            .values(unread=StudentSequence.unread - bindparam("purged_unread"))
-        )
-        counts = [{"tenant": t, "student": s, "purged_unread": n} for (t, s), n in unread.items()]
-        await connection.execute(lower, counts)
-    return len(rows)
+    ids = list((await connection.scalars(expired)).all())
+    if not ids:
+        return 0, 0
+    await connection.execute(LOCK_STUDENTS, {"ids": ids})
+    return len(ids), await connection.scalar(PURGE, {"ids": ids}) or 0
 
 
 async def run(settings: Settings, once: bool) -> int:

@@ -77,6 +77,44 @@ async def test_retention_hours_can_be_seconds_worth(
     assert await seqs_of(db, student) == []
 
 
+# Per student: seq 1 expired and unread, seq 2 expired and read, seq 3 retained and unread.
+MANY_STUDENTS = text("""
+    WITH students AS (
+        SELECT CAST(:prefix AS text) || k AS student_id FROM generate_series(1, :count) AS k
+    ), inserted AS (
+        INSERT INTO notifications (student_id, seq, assignment_id, grade, published_at, read_at)
+        SELECT student_id, seq, 'hw', '1',
+               now() - CASE WHEN seq < 3 THEN interval '30 hours' ELSE interval '1 hour' END,
+               CASE WHEN seq = 2 THEN now() END
+        FROM students, generate_series(1, 3) AS seq
+    )
+    INSERT INTO student_sequences (student_id, last_seq, unread)
+    SELECT student_id, 3, 2 FROM students
+""")
+
+
+async def test_a_batch_spanning_thousands_of_students_lowers_each_unread_count(
+    db: AsyncEngine, service_env: dict[str, str]
+) -> None:
+    prefix = unique() + "-"
+    async with db.begin() as connection:
+        await connection.execute(MANY_STUDENTS, {"prefix": prefix, "count": 10_000})
+
+    result = run_retention(service_env, "--once")  # batches of 10,000: as many students
+    assert result.returncode == 0, result.stderr
+
+    query = text("""
+        SELECT s.unread, array_agg(n.seq ORDER BY n.seq) AS seqs
+        FROM student_sequences s JOIN notifications n USING (tenant_id, student_id)
+        WHERE starts_with(s.student_id, :prefix)
+        GROUP BY s.unread, s.student_id
+    """)
+    async with db.connect() as connection:
+        rows = (await connection.execute(query, {"prefix": prefix})).all()
+    assert len(rows) == 10_000
+    assert {(row.unread, tuple(row.seqs)) for row in rows} == {(1, (3,))}
+
+
 def test_the_worker_does_not_import_the_web_stack() -> None:
     web = ("fastapi", "starlette", "uvicorn", "aio_pika")
     code = (
