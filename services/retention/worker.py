@@ -4,6 +4,7 @@ so publishing and streaming are never blocked behind one long delete."""
 import asyncio
 import logging
 import signal
+import time
 from datetime import UTC, datetime, timedelta
 
 from prometheus_client import start_http_server
@@ -128,6 +129,7 @@ async def run(settings: Settings, once: bool) -> int:
     try:
         while not stop.is_set():
             older_than = datetime.now(UTC) - timedelta(hours=settings.RETENTION_HOURS)
+            started = time.monotonic()
             try:
                 purged = await purge_expired(
                     engine,
@@ -135,7 +137,13 @@ async def run(settings: Settings, once: bool) -> int:
                     batch_size=settings.RETENTION_BATCH_SIZE,
                     stop=stop,
                 )
-                logger.info("retention: purged %d notifications older than %s", purged, older_than)
+                took = time.monotonic() - started
+                logger.info(
+                    "retention: purged %d notifications older than %s in %.1f s",
+                    purged,
+                    older_than,
+                    took,
+                )
             except DatabaseUnavailable as error:
                 if once:
                     raise
