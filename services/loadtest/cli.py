@@ -4,6 +4,7 @@ that registering it costs the other commands nothing."""
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -16,6 +17,7 @@ MAX_PUBLISHES = 1_000_000
 MAX_PROCESSES = 64
 MAX_IDS_PER_REQUEST = 10_000  # studentIds in one publish request
 MODES = ("single", "batch", "broadcast", "replay")
+RUN_ID = re.compile(r"[A-Za-z0-9]{1,32}")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class Options:
     processes: int
     json: str | None
     quiet: bool
+    run_id: str | None
 
     def public(self) -> dict[str, object]:
         """The options, as the summary reports them: no secrets."""
@@ -119,6 +122,12 @@ def add_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]"
         metavar="PID",
         help="stream node processes to measure (RSS), in --stream order",
     )
+    add(
+        "--run-id",
+        metavar="ID",
+        help="names this run's students (lt-ID-N) and grades, 1-32 letters and digits, so that "
+        "their history can be prepared beforehand; default: a random one",
+    )
     add("--json", metavar="PATH", help="also write the summary here")
     add("--quiet", action="store_true", help="no progress line on stderr")
     loadtest.set_defaults(run=run_loadtest)
@@ -133,6 +142,8 @@ def options_from(args: argparse.Namespace) -> Options:
     students = min(args.students or connections, MAX_CONNECTIONS)
     if args.mode == "broadcast" and students > MAX_IDS_PER_REQUEST:
         sys.exit(f"gradecast loadtest: broadcast is to {MAX_IDS_PER_REQUEST:,} students at most")
+    if args.run_id is not None and not RUN_ID.fullmatch(args.run_id):
+        sys.exit("gradecast loadtest: --run-id is 1-32 letters and digits")
     for url in [args.publisher, *args.streams]:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -156,6 +167,7 @@ def options_from(args: argparse.Namespace) -> Options:
         processes=min(args.processes, MAX_PROCESSES, students),
         json=args.json,
         quiet=args.quiet,
+        run_id=args.run_id,
     )
 
 

@@ -87,7 +87,7 @@ def answered(child: SpawnProcess, results: Connection) -> bool:
 
 
 async def main(options: Options) -> dict[str, Any]:
-    run_id = uuid.uuid4().hex[:8]
+    run_id = options.run_id or uuid.uuid4().hex[:8]
     replay = options.mode == "replay"  # one student, one connection, in this process
     connections, students = (1, 1) if replay else (options.connections, options.students)
     workers = 1 if replay else options.processes
