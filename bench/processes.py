@@ -1,0 +1,105 @@
+"""The processes a benchmark runs: gradecast's services as a user runs them, and
+`gradecast loadtest` against them, all against the bench's own database."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+LOGS = ROOT / "bench" / "logs"
+DATABASE = "gradecast_bench"
+DATABASE_URL = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{DATABASE}"
+KEY, SECRET = "bench-key", "bench-secret-that-is-long-enough-for-hs256-0123456789"
+PUBLISHER, NODE = 18000, 18001
+PUBLISHER_URL, NODE_URL = f"http://127.0.0.1:{PUBLISHER}", f"http://127.0.0.1:{NODE}"
+GRADECAST = [sys.executable, "-m", "services.cli"]
+ENV = {
+    "DATABASE_URL": DATABASE_URL,
+    "GRADECAST_PUBLISHER_KEYS": KEY,
+    "GRADECAST_JWT_SECRET": SECRET,
+    "ACCESS_LOG": "false",
+    "RETENTION_METRICS_PORT": "0",
+    # The abuse limits would refuse the load itself.
+    "PUBLISH_RATE_PER_SECOND": "1000000",
+    "PUBLISH_BURST": "1000000",
+    "CONNECT_RATE_PER_SECOND": "1000000",
+    "CONNECT_BURST": "1000000",
+    "DATABASE_POOL_SIZE": "20",
+}
+START_SECONDS = 30
+
+
+def gradecast(*args: str) -> subprocess.CompletedProcess[str]:
+    """A `gradecast` command run to its end, with the bench's settings; its output."""
+    return subprocess.run(
+        [*GRADECAST, *args], env={**os.environ, **ENV}, cwd=ROOT, check=True,
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    """Until `url` answers 200; stops the bench if the process dies or takes too long."""
+    deadline = time.monotonic() + START_SECONDS
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"bench: {url} did not answer; see {log}")
+
+
+def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """Ends a process this bench started, by its own pid; killed if it lingers."""
+    if process.poll() is None:
+        process.send_signal(sig)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextmanager
+def service(args: list[str], port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [*GRADECAST, *args, "--port", str(port)],
+            env={**os.environ, **ENV},
+            cwd=ROOT,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/ready", process, log)
+        yield process
+    finally:
+        stop(process)
+
+
+def loadtest_command(options: str, streams: Sequence[str], pids: Sequence[int]) -> list[str]:
+    print(f"bench: gradecast loadtest {options}", file=sys.stderr)
+    urls = [arg for url in streams for arg in ("--stream", url)]
+    node_pids = [arg for pid in pids for arg in ("--node-pid", str(pid))]
+    return [
+        *GRADECAST, "loadtest", "--publisher", PUBLISHER_URL, *urls, "--key", KEY,
+        "--jwt-secret", SECRET, *node_pids, *options.split(),
+    ]  # fmt: skip
+
+
+def loadtest(node_pid: int, options: str) -> dict[str, Any]:
+    """The summary of a run against the bench's stream node."""
+    command = loadtest_command(options, [NODE_URL], [node_pid])
+    done = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, check=True)
+    summary: dict[str, Any] = json.loads(done.stdout)
+    return summary

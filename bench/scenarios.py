@@ -1,0 +1,62 @@
+"""The scenarios that load the bench's one publisher and one stream node through
+`gradecast loadtest`. Each returns its rows: figure, target, measured, met."""
+
+from collections.abc import Callable
+from typing import Any
+
+from processes import loadtest
+
+Row = tuple[str, str, Any, bool]  # figure, target, measured, met
+Scenario = Callable[[int], list[Row]]  # given the pid of the bench's stream node
+
+
+def scenarios(scale: float) -> dict[str, Scenario]:
+    n = max(1, int(10_000 * scale))  # connected students
+    idle_n = max(1, int(19_900 * scale))
+
+    def idle(pid: int) -> list[Row]:
+        r = loadtest(pid, f"--connections {idle_n} --ramp-per-second 4000 --publishes 1")
+        held, rate = r["connections"]["held"], r["connections"]["connects_per_second"]
+        kib = r["nodes"][0]["rss_per_connection_bytes"] / 1024
+        return [
+            ("idle connections held", f"all of {idle_n}", held, held == idle_n),
+            ("connections per second", ">= 2000", round(rate), rate >= 2000),
+            ("RSS per connection (KiB)", "<= 8", round(kib, 1), kib <= 8),
+        ]
+
+    def one_batch(pid: int) -> list[Row]:
+        r = loadtest(pid, f"--connections {n} --mode broadcast --publishes 1")
+        last = r["deliveries"]["latency_ms"]["max"] / 1000
+        return [(f"one batch to {n}: last delivery (s)", "<= 0.5", round(last, 3), last <= 0.5)]
+
+    def broadcast(pid: int) -> list[Row]:
+        options = f"--connections {n} --mode broadcast --publishes 30 --concurrency 1 --rate 1000"
+        rate = loadtest(pid, options)["deliveries"]["per_second"]
+        return [("30 broadcasts: deliveries per second", ">= 80000", round(rate), rate >= 80_000)]
+
+    def steady(pid: int) -> list[Row]:
+        options = f"--connections {n} --mode single --rate 1000 --publishes 20000 --duration 20"
+        r = loadtest(pid, options)
+        p99, lost = r["deliveries"]["latency_ms"]["p99"], r["deliveries"]["lost"]
+        return [
+            ("1000 grades/s: p99 publish to receipt (ms)", "<= 20", round(p99, 1), p99 <= 20),
+            ("1000 grades/s: lost", "0", lost, lost == 0),
+        ]
+
+    def batched(pid: int) -> list[Row]:
+        options = (
+            # Batches go to connected students, so all of them are connected.
+            f"--connections {n} --mode batch --batch-size 1000 --concurrency 8 "
+            "--rate 1000 --publishes 10000 --duration 20"
+        )
+        rate = loadtest(pid, options)["publishing"]["stored_per_second"]
+        return [("batches of 1000: stored and sent per second", ">= 20000", round(rate),
+                 rate >= 20_000)]  # fmt: skip
+
+    def replay(pid: int) -> list[Row]:
+        seconds = loadtest(pid, "--mode replay --publishes 1000")["replay"]["seconds_to_all"]
+        took = seconds * 1000 if seconds is not None else float("inf")
+        return [("replay of 1000 missed (ms)", "<= 100", round(took, 1), took <= 100)]
+
+    return {"idle": idle, "one_batch": one_batch, "broadcast": broadcast, "steady": steady,
+            "batched": batched, "replay": replay}  # fmt: skip
