@@ -103,3 +103,24 @@ def loadtest(node_pid: int, options: str) -> dict[str, Any]:
     done = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, check=True)
     summary: dict[str, Any] = json.loads(done.stdout)
     return summary
+
+
+@contextmanager
+def loadtest_running(node_pid: int, options: str) -> Iterator[list[dict[str, Any]]]:
+    """A run against the bench's stream node while the body does something else; the body's
+    end stops it as Ctrl-C would, and its summary is then in the yielded list."""
+    command = loadtest_command(options, [NODE_URL], [node_pid])
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE)
+    summaries: list[dict[str, Any]] = []
+    try:
+        yield summaries
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            output, _ = process.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    if process.returncode != 0:
+        raise SystemExit(f"bench: gradecast loadtest ended with {process.returncode}")
+    summaries.append(json.loads(output))

@@ -16,10 +16,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import retention
 from processes import DATABASE, LOGS, NODE, PUBLISHER, ROOT, gradecast, service
-from scenarios import scenarios
+from scenarios import Scenario, scenarios
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
+
+
+def every_scenario(scale: float) -> dict[str, Scenario]:
+    return {
+        **scenarios(scale),
+        "retention": retention.scenario(scale),
+    }
 
 
 def machine() -> str:
@@ -58,14 +66,16 @@ def arguments() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("scenario", nargs="*", help="default: all")
-    parser.add_argument("--scale", type=float, default=1.0, help="connection counts times this")
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="connection and row counts times this"
+    )
     parser.add_argument("--note", default="gradecast bench", help="the heading of this run")
     return parser.parse_args()
 
 
 def main() -> None:
     args = arguments()
-    chosen = scenarios(args.scale)
+    chosen = every_scenario(args.scale)
     if unknown := set(args.scenario) - set(chosen):
         raise SystemExit(f"bench: no scenario {', '.join(sorted(unknown))}; of {', '.join(chosen)}")
     subprocess.run(["bash", "scripts/ensure-services.sh"], cwd=ROOT, check=True)

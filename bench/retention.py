@@ -1,0 +1,122 @@
+"""The retention scenario: a pass purging 1,000,000 expired notifications while grades are
+published at 500 a second, to students among those whose grades are purged, so that the
+purge's locks on their sequence rows contend with the publishes."""
+
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+
+import httpx
+from processes import DATABASE, ENV, GRADECAST, LOGS, PUBLISHER_URL, ROOT, loadtest_running
+from scenarios import Row, Scenario
+
+ROWS, STUDENTS, LISTENERS = 1_000_000, 10_000, 1_000  # at scale 1
+PURGE_SECONDS_PER_MILLION = 30.0
+LATENCY_MS = 100.0
+RATE = 500
+EXPIRED_HOURS = 25  # RETENTION_HOURS (24) and one
+
+# Student k's grade j (from 0) is row i = j * students + k: each batch the purge takes,
+# oldest first, holds a grade of many students, as a day's publishing would, and each
+# student's seq rises with time. Half the grades of each batch and of each student were
+# read, so the purge lowers unread counts and leaves some alone.
+SEED = """\
+\\set ON_ERROR_STOP on
+SET synchronous_commit = off;
+BEGIN;
+INSERT INTO notifications
+    (student_id, seq, assignment_id, grade, course_id, published_at, read_at)
+SELECT :'prefix' || (i % :students), i / :students + 1, 'seed-' || (i / :students + 1),
+       to_jsonb(i % 101), 'bench',
+       now() - make_interval(hours => :hours, secs => (:rows - i) / 1000.0),
+       CASE WHEN (i / :students + i % :students) % 2 = 1
+            THEN now() - make_interval(hours => :hours) END
+FROM generate_series(0, :rows - 1) AS i;
+INSERT INTO student_sequences (tenant_id, student_id, last_seq, unread)
+SELECT tenant_id, student_id, max(seq), count(*) FILTER (WHERE read_at IS NULL)
+FROM notifications WHERE starts_with(student_id, :'prefix')
+GROUP BY tenant_id, student_id;
+COMMIT;
+-- As on a table that has been in use: statistics and a visibility map.
+VACUUM ANALYZE notifications;
+VACUUM ANALYZE student_sequences;
+"""
+
+
+def seed(prefix: str, rows: int, students: int) -> None:
+    started = time.monotonic()
+    variables = {"prefix": prefix, "rows": rows, "students": students, "hours": EXPIRED_HOURS}
+    command = ["psql", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", DATABASE]
+    command += [arg for name, value in variables.items() for arg in ("-v", f"{name}={value}")]
+    subprocess.run(command, input=SEED, text=True, check=True, stdout=subprocess.DEVNULL)
+    took = time.monotonic() - started
+    print(f"bench: seeded {rows:,} expired notifications in {took:.1f} s", file=sys.stderr)
+
+
+def published() -> float:
+    """Notifications the publisher has stored since it started."""
+    metrics = httpx.get(f"{PUBLISHER_URL}/metrics", timeout=5).text
+    found = re.search(r"^gradecast_notifications_published_total (\S+)$", metrics, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def await_publishing(before: float, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while published() <= before:
+        if time.monotonic() > deadline:
+            raise SystemExit("bench: the load generator published nothing")
+        time.sleep(0.2)
+
+
+def purge() -> tuple[float, int]:
+    """One retention pass as operators run it: its seconds, as the worker times the pass
+    (the command's start, a second or so on a busy machine, is not the purge's), and the
+    notifications it purged."""
+    log = LOGS / "retention.log"
+    started = time.monotonic()
+    with log.open("w") as errors:
+        done = subprocess.run(
+            [*GRADECAST, "retention", "--once"], env={**os.environ, **ENV}, cwd=ROOT,
+            stdout=subprocess.PIPE, stderr=errors, text=True, check=True,
+        )  # fmt: skip
+    took = time.monotonic() - started
+    timed = re.search(r"notifications older than .* in ([\d.]+) s$", log.read_text(), re.M)
+    found = re.search(r"purged (\d+) notifications", done.stdout)
+    return float(timed.group(1)) if timed else took, int(found.group(1)) if found else -1
+
+
+def scenario(scale: float) -> Scenario:
+    students = min(STUDENTS, max(1, int(ROWS * scale)))
+    rows = students * max(1, int(ROWS * scale) // students)
+    listeners = min(students, max(1, int(LISTENERS * scale)))
+    target = PURGE_SECONDS_PER_MILLION * rows / 1_000_000
+
+    def retention(pid: int) -> list[Row]:
+        run = uuid.uuid4().hex[:8]
+        seed(f"lt-{run}-", rows, students)
+        before = published()
+        # No cap but the load generator's own: Ctrl-C (the end of the block) stops it.
+        options = f"--mode single --rate {RATE} --connections {listeners} --run-id {run} "
+        options += "--publishes 300000 --duration 600"
+        with loadtest_running(pid, options) as summaries:
+            await_publishing(before)
+            time.sleep(2)  # publishing well under way before the purge starts
+            seconds, purged = purge()
+            time.sleep(1)
+        publishing = summaries[0]["publishing"]
+        slowest, rate = publishing["latency_ms"]["max"], publishing["requests_per_second"]
+        return [
+            (f"purge of {rows:,} expired (s)", f"<= {target:g}", round(seconds, 1),
+             seconds <= target),
+            ("rows purged", f"all of {rows:,}", purged, purged == rows),
+            (f"slowest publish meanwhile (ms), at {RATE}/s offered", f"<= {LATENCY_MS:g}",
+             round(slowest, 1), slowest <= LATENCY_MS),
+            # The offered rate, give or take the first and last requests' timing.
+            ("publishes per second meanwhile", f">= {RATE * 0.98:g}", round(rate),
+             rate >= RATE * 0.98),
+        ]  # fmt: skip
+
+    return retention
