@@ -71,11 +71,13 @@ def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
 
 
 @contextmanager
-def service(args: list[str], port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def service(
+    args: list[str], port: int, log: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as output:
         process = subprocess.Popen(
             [*GRADECAST, *args, "--port", str(port)],
-            env={**os.environ, **ENV},
+            env={**os.environ, **ENV, **(env or {})},
             cwd=ROOT,
             stdout=output,
             stderr=subprocess.STDOUT,
@@ -97,9 +99,11 @@ def loadtest_command(options: str, streams: Sequence[str], pids: Sequence[int]) 
     ]  # fmt: skip
 
 
-def loadtest(node_pid: int, options: str) -> dict[str, Any]:
-    """The summary of a run against the bench's stream node."""
-    command = loadtest_command(options, [NODE_URL], [node_pid])
+def loadtest(
+    node_pid: int, options: str, streams: Sequence[str] = (NODE_URL,), pids: Sequence[int] = ()
+) -> dict[str, Any]:
+    """The summary of a run against the bench's stream node, or `streams` (nodes `pids`)."""
+    command = loadtest_command(options, streams, pids or [node_pid])
     done = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, check=True)
     summary: dict[str, Any] = json.loads(done.stdout)
     return summary

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import retention
+import scaleout
 from processes import DATABASE, LOGS, NODE, PUBLISHER, ROOT, gradecast, service
 from scenarios import Scenario, scenarios
 
@@ -27,6 +28,7 @@ def every_scenario(scale: float) -> dict[str, Scenario]:
     return {
         **scenarios(scale),
         "retention": retention.scenario(scale),
+        "scaleout": scaleout.scenario(scale),
     }
 
 
@@ -48,9 +50,11 @@ def machine() -> str:
 
 
 def record(rows: list[tuple[str, str, str, Any, bool]], note: str) -> None:
+    nodes = any(row[0] == "scaleout" for row in rows)
+    more = " (scaleout: up to three more nodes, behind nginx)" if nodes else ""
     lines = [
         f"\n## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: {note}\n",
-        f"Machine: {machine()}. One publisher and one stream node process; the load "
+        f"Machine: {machine()}. One publisher and one stream node process{more}; the load "
         "generator shares the cores.\n",
         "| scenario | figure | target | measured | met |",
         "|---|---|---|---|---|",
