@@ -4,7 +4,6 @@ which encodes its frame once and pushes the same bytes to each of its student's 
 import asyncio
 import logging
 import time
-from collections import deque
 
 from services.core.broker import shard_of
 from services.core.events import NotificationPublic
@@ -37,7 +36,7 @@ class Subscriber:
     def __init__(self, student: Student, limit: int) -> None:
         self.student = student
         self.limit = limit
-        self.frames: deque[Frame] = deque()
+        self.frames: list[Frame] = []  # a list: smaller than a deque, taken whole
         self.waiter: asyncio.Future[None] | None = None
         self.closed: str | None = None  # why, once closed
         self.resync = False  # live frames may have been lost: check Postgres
@@ -73,17 +72,17 @@ class Subscriber:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
-    async def next(self) -> Frame | None:
-        """The next frame; None on a resync request, or once closed."""
+    async def take(self) -> list[Frame]:
+        """Every frame buffered, once there is one, oldest first: a reader written to
+        once for all of them. None on a resync request, or once closed."""
         if not self.frames and not self.closed and not self.resync:
             self.waiter = asyncio.get_running_loop().create_future()
             try:
                 await self.waiter
             finally:
                 self.waiter = None
-        if self.closed or not self.frames:
-            return None
-        return self.frames.popleft()
+        frames, self.frames = self.frames, []
+        return frames
 
 
 class Hub:

@@ -67,8 +67,8 @@ async def test_frames_come_out_in_order() -> None:
     subscriber = Subscriber(student("student-1"), limit=10)
     subscriber.push((1, b"one"))
     subscriber.push((2, b"two"))
-    assert await subscriber.next() == (1, b"one")
-    assert await subscriber.next() == (2, b"two")
+    assert await subscriber.take() == [(1, b"one"), (2, b"two")]
+    assert not subscriber.frames
 
 
 async def test_keepalives_go_only_to_streams_that_were_quiet_for_a_tick() -> None:
@@ -88,17 +88,17 @@ async def test_keepalives_are_sent_while_idle() -> None:
     subscriber = await hub.subscribe(student("student-1"))
     ticks = asyncio.create_task(hub.keep_alive(0.1))
     try:
-        assert await asyncio.wait_for(subscriber.next(), 5) == (None, KEEPALIVE)
+        assert await asyncio.wait_for(subscriber.take(), 5) == [(None, KEEPALIVE)]
     finally:
         ticks.cancel()
 
 
 async def test_next_waits_for_a_push() -> None:
     subscriber = Subscriber(student("student-1"), limit=10)
-    waiting = asyncio.create_task(subscriber.next())
+    waiting = asyncio.create_task(subscriber.take())
     await asyncio.sleep(0)
     subscriber.push((1, b"one"))
-    assert await asyncio.wait_for(waiting, 1) == (1, b"one")
+    assert await asyncio.wait_for(waiting, 1) == [(1, b"one")]
 
 
 async def test_overflow_closes_the_stream() -> None:
@@ -106,17 +106,17 @@ async def test_overflow_closes_the_stream() -> None:
     for seq in range(3):
         subscriber.push((seq, b"frame"))
     assert subscriber.closed == "overflow"
-    assert await asyncio.wait_for(subscriber.next(), 0.5) is None
+    assert await asyncio.wait_for(subscriber.take(), 0.5) == []
     subscriber.push((4, b"late"))
     assert not subscriber.frames
 
 
-async def test_close_wakes_a_waiting_next() -> None:
+async def test_close_wakes_a_waiting_take() -> None:
     subscriber = Subscriber(student("student-1"), limit=10)
-    waiting = asyncio.create_task(subscriber.next())
+    waiting = asyncio.create_task(subscriber.take())
     await asyncio.sleep(0)
     subscriber.close("shutdown")
-    assert await asyncio.wait_for(waiting, 1) is None
+    assert await asyncio.wait_for(waiting, 1) == []
     assert subscriber.closed == "shutdown"
 
 
@@ -196,8 +196,8 @@ async def test_a_full_node_refuses_new_streams_until_one_closes() -> None:
 async def test_resync_wakes_a_waiting_stream_without_a_frame() -> None:
     hub, _ = make_hub()
     subscriber = await hub.subscribe(student("student-1"))
-    waiting = asyncio.create_task(subscriber.next())
+    waiting = asyncio.create_task(subscriber.take())
     await asyncio.sleep(0)
     hub.resync_all()
-    assert await asyncio.wait_for(waiting, 1) is None
+    assert await asyncio.wait_for(waiting, 1) == []
     assert subscriber.resync and not subscriber.closed
