@@ -29,7 +29,7 @@ async def create_key(engine: AsyncEngine, tenant_id: str, name: str) -> tuple[in
         "prefix": key[:SHOWN_PREFIX],
         "key_hash": digest(key),
     }
-    async with transaction(engine) as connection:
+    async with transaction(engine, one_statement=True) as connection:
         key_id = await connection.scalar(
             insert(PublisherKey).values(row).returning(PublisherKey.id)
         )
@@ -48,7 +48,7 @@ async def list_keys(
         PublisherKey.created_at,
         PublisherKey.revoked_at,
     ).order_by(PublisherKey.id)
-    async with transaction(engine) as connection:
+    async with transaction(engine, one_statement=True) as connection:
         return (await connection.execute(query)).all()
 
 
@@ -59,7 +59,7 @@ async def revoke_key(engine: AsyncEngine, key_id: int) -> bool:
         .where(PublisherKey.id == key_id, PublisherKey.revoked_at.is_(None))
         .values(revoked_at=func.now())
     )
-    async with transaction(engine) as connection:
+    async with transaction(engine, one_statement=True) as connection:
         return (await connection.execute(revoke)).rowcount == 1
 
 
@@ -68,6 +68,6 @@ async def find_active_key(engine: AsyncEngine, key_digest: str) -> tuple[int, st
     query = select(PublisherKey.id, PublisherKey.tenant_id).where(
         PublisherKey.key_hash == key_digest, PublisherKey.revoked_at.is_(None)
     )
-    async with transaction(engine) as connection:
+    async with transaction(engine, one_statement=True) as connection:
         row = (await connection.execute(query)).first()
     return (row.id, row.tenant_id) if row else None

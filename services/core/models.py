@@ -10,14 +10,13 @@ from sqlalchemy import (
     CheckConstraint,
     Identity,
     Index,
-    LargeBinary,
     MetaData,
     SmallInteger,
     String,
     Text,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.core.tenancy import DEFAULT_TENANT
@@ -84,13 +83,15 @@ class StudentSequence(Base):
 
 class OutboxMessage(Base):
     """A broker message committed with its notifications and deleted once RabbitMQ confirms
-    it, so a grade that got a 201 is sent even if the broker was down at that moment."""
+    it, so a grade that got a 201 is sent even if the broker was down at that moment. It
+    names the notifications (one shard's of one publish) rather than copy them: the
+    message is built after the commit, outside the students' row locks."""
 
     __tablename__ = "outbox"
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     routing_key: Mapped[str] = mapped_column(String(255))
-    body: Mapped[bytes] = mapped_column(LargeBinary)
+    notification_ids: Mapped[list[int]] = mapped_column(ARRAY(BigInteger))
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=text("now()"))
 
 

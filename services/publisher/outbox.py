@@ -23,7 +23,7 @@ from services.core.events import NOTIFICATIONS
 from services.core.metrics import OUTBOX_AGE, OUTBOX_BACKLOG
 from services.core.models import OutboxMessage
 from services.logs import request_id
-from services.publisher.store import Outgoing
+from services.publisher.messages import Outgoing, messages_of
 
 logger = logging.getLogger(__name__)
 
@@ -39,13 +39,24 @@ BACKLOG = select(
 DELETE_SENT = delete(OutboxMessage).where(
     OutboxMessage.id == any_(bindparam("ids", type_=ARRAY(BigInteger)))
 )
-CLAIM_STALE = (
-    select(OutboxMessage.id, OutboxMessage.routing_key, OutboxMessage.body)
-    .where(OutboxMessage.created_at < text(f"now() - interval '{STALE_SECONDS} seconds'"))
-    .order_by(OutboxMessage.id)
-    .limit(BATCH_SIZE)
-    .with_for_update(skip_locked=True)
-)
+# Claims rows their own request did not send, with the notifications they name (none, if
+# the retention worker has purged them since), so their messages can be built again.
+CLAIM_STALE = text(f"""
+    WITH claimed AS (
+        SELECT id, routing_key, notification_ids FROM outbox
+        WHERE created_at < now() - interval '{STALE_SECONDS} seconds'
+        ORDER BY id
+        LIMIT {BATCH_SIZE}
+        FOR UPDATE SKIP LOCKED
+    )
+    SELECT claimed.id AS outbox_id, claimed.routing_key, n.tenant_id, n.student_id, n.seq,
+           n.assignment_id, n.grade, n.teacher_comment, n.course_id, n.assignment_title,
+           n.published_at, s.unread
+    FROM claimed
+    LEFT JOIN notifications AS n ON n.id = ANY(claimed.notification_ids)
+    LEFT JOIN student_sequences AS s USING (tenant_id, student_id)
+    ORDER BY claimed.id, n.seq
+""")
 
 
 class OutboxRelay:
@@ -82,7 +93,7 @@ class OutboxRelay:
         if not ids:
             return
         try:
-            async with transaction(self.engine) as connection:
+            async with transaction(self.engine, one_statement=True) as connection:
                 await connection.execute(DELETE_SENT, {"ids": ids})
         except BaseException:
             self.confirmed.extend(ids)
@@ -94,11 +105,11 @@ class OutboxRelay:
             rows = (await connection.execute(CLAIM_STALE)).all()
             if not rows:
                 return 0
-            await self.publish([Outgoing(row.id, row.routing_key, row.body) for row in rows])
-            ids = [row.id for row in rows]
+            await self.publish(messages_of(row for row in rows if row.student_id is not None))
+            ids = list({row.outbox_id for row in rows})
             await connection.execute(DELETE_SENT, {"ids": ids})
-        logger.info("outbox: relayed %d messages", len(rows))
-        return len(rows)
+        logger.info("outbox: relayed %d messages", len(ids))
+        return len(ids)
 
     async def run(self) -> None:
         """The relay loop, until cancelled."""
@@ -117,7 +128,7 @@ class OutboxRelay:
                 await asyncio.sleep(POLL_SECONDS)
 
     async def measure_backlog(self) -> None:
-        async with transaction(self.engine) as connection:
+        async with transaction(self.engine, one_statement=True) as connection:
             row = (await connection.execute(BACKLOG)).one()
         OUTBOX_BACKLOG.set(row.rows)
         OUTBOX_AGE.set(row.age or 0)

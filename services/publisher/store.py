@@ -1,65 +1,60 @@
 """Storing a publish: sequences, notifications and outbox rows commit together."""
 
-from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
-from sqlalchemy import insert, text
+from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.core.broker import routing_key, shard_of
 from services.core.db import transaction
-from services.core.events import (
-    NotificationBatch,
-    NotificationPublic,
-    PublishedNotification,
-    PublishResult,
-)
-from services.core.models import OutboxMessage
+from services.core.events import PublishedNotification, PublishResult
 from services.core.tenancy import Student
 from services.publisher.auth import Publisher
 from services.publisher.idempotency import IdempotentRequest
+from services.publisher.messages import Outgoing, messages_of
 from services.publisher.schemas import GradePublish
 
 # Locks each student's sequence row (in sorted order, so concurrent batches cannot
-# deadlock), counts the new notification unread, and inserts it, in one round trip.
-INSERT_NOTIFICATIONS = text("""
-    WITH sequenced AS (
+# deadlock), counts the new notification unread, inserts it, and records an outbox row per
+# shard naming the shard's notifications: one statement, so the locks are held for no more
+# than one round trip and the commit.
+PUBLISH = text("""
+    WITH recipients AS (
+        SELECT * FROM unnest(CAST(:student_ids AS text[]), CAST(:routing_keys AS text[]))
+            AS r(student_id, routing_key)
+    ), sequenced AS (
         INSERT INTO student_sequences AS s (tenant_id, student_id, last_seq, unread)
-        SELECT CAST(:tenant_id AS text), student_id, 1, 1
-        FROM unnest(CAST(:student_ids AS text[])) AS student_id
+        SELECT CAST(:tenant_id AS text), student_id, 1, 1 FROM recipients
         ON CONFLICT (tenant_id, student_id)
             DO UPDATE SET last_seq = s.last_seq + 1, unread = s.unread + 1
         RETURNING student_id, last_seq, unread
     ), inserted AS (
-    INSERT INTO notifications (
-        tenant_id, student_id, seq, assignment_id, grade, teacher_comment, course_id,
-        assignment_title, published_by
+        INSERT INTO notifications (
+            tenant_id, student_id, seq, assignment_id, grade, teacher_comment, course_id,
+            assignment_title, published_by
+        )
+        SELECT CAST(:tenant_id AS text), student_id, last_seq, CAST(:assignment_id AS text),
+               CAST(:grade AS jsonb), CAST(:teacher_comment AS text), CAST(:course_id AS text),
+               CAST(:assignment_title AS text), CAST(:published_by AS text)
+        FROM sequenced
+        RETURNING id, tenant_id, student_id, seq, assignment_id, grade, teacher_comment,
+                  course_id, assignment_title, published_at
+    ), outboxed AS (
+        INSERT INTO outbox (routing_key, notification_ids)
+        SELECT routing_key, array_agg(inserted.id)
+        FROM inserted JOIN recipients USING (student_id)
+        GROUP BY routing_key
+        RETURNING id AS outbox_id, routing_key
     )
-    SELECT CAST(:tenant_id AS text), student_id, last_seq, CAST(:assignment_id AS text),
-           CAST(:grade AS jsonb), CAST(:teacher_comment AS text), CAST(:course_id AS text),
-           CAST(:assignment_title AS text), CAST(:published_by AS text)
-    FROM sequenced
-    RETURNING student_id, seq, assignment_id, grade, teacher_comment, course_id,
-              assignment_title, published_at
-    )
-    SELECT inserted.*, sequenced.unread FROM inserted JOIN sequenced USING (student_id)
+    SELECT inserted.*, sequenced.unread, outboxed.outbox_id, outboxed.routing_key
+    FROM inserted
+    JOIN sequenced USING (student_id)
+    JOIN recipients USING (student_id)
+    JOIN outboxed USING (routing_key)
 """)
-
-
-@dataclass(frozen=True)
-class Inserted:
-    notifications: list[NotificationPublic]
-    unread: dict[str, int]  # each recipient's unread count, this notification included
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    """An outbox row: one broker message, sent after the commit."""
-
-    id: int
-    routing_key: str
-    body: bytes
 
 
 @dataclass(frozen=True)
@@ -78,25 +73,27 @@ async def store_grades(
     retention_seconds: float,
     idempotency: IdempotentRequest | None = None,
 ) -> Stored:
-    async with transaction(engine) as connection:
+    recipients = publish.recipients()  # deduplicated: up to 10,000 ids
+    # Without an idempotency key, the publish is one statement.
+    async with transaction(engine, one_statement=idempotency is None) as connection:
         if idempotency is not None:
             earlier = await idempotency.claim(connection, retention_seconds)
             if earlier is not None:
                 return Stored(PublishResult.model_validate(earlier), [], replayed=True)
-        recipients = publish.recipients()  # deduplicated: up to 10,000 ids
-        inserted = await insert_notifications(connection, publish, recipients, publisher)
-        outgoing = await insert_outbox(connection, publisher.tenant_id, inserted, shards)
-        by_student = {n.student_id: n for n in inserted.notifications}
+        rows = await insert_notifications(connection, publish, recipients, publisher, shards)
+        by_student = {row.student_id: row for row in rows}
         result = PublishResult(
-            count=len(inserted.notifications),
+            count=len(rows),
             notifications=[
-                PublishedNotification(id=n.id, student_id=n.student_id, published_at=n.published_at)
-                for n in map(by_student.__getitem__, recipients)
+                PublishedNotification(
+                    id=str(row.seq), student_id=row.student_id, published_at=row.published_at
+                )
+                for row in map(by_student.__getitem__, recipients)
             ],
         )
         if idempotency is not None:
             await idempotency.remember(connection, result.model_dump(mode="json"))
-    return Stored(result, outgoing)
+    return Stored(result, messages_of(rows))
 
 
 async def insert_notifications(
@@ -104,51 +101,22 @@ async def insert_notifications(
     publish: GradePublish,
     recipients: list[str],
     publisher: Publisher,
-) -> Inserted:
+    shards: int,
+) -> Sequence[Row[Any]]:
+    student_ids = sorted(recipients)
+    routing_keys = [
+        routing_key(shard_of(Student(publisher.tenant_id, student_id), shards))
+        for student_id in student_ids
+    ]
     params = {
         "tenant_id": publisher.tenant_id,
         "published_by": publisher.key_id,
-        "student_ids": sorted(recipients),
+        "student_ids": student_ids,
+        "routing_keys": routing_keys,  # one broker message per shard, not per student
         "assignment_id": publish.assignment_id,
         "grade": orjson.dumps(publish.grade).decode(),
         "teacher_comment": publish.teacher_comment,
         "course_id": publish.course_id,
         "assignment_title": publish.assignment_title,
     }
-    rows = (await connection.execute(INSERT_NOTIFICATIONS, params)).all()
-    return Inserted(
-        [NotificationPublic.from_row(row) for row in rows],
-        {row.student_id: row.unread for row in rows},
-    )
-
-
-async def insert_outbox(
-    connection: AsyncConnection,
-    tenant_id: str,
-    inserted: Inserted,
-    shards: int,
-) -> list[Outgoing]:
-    """One broker message per shard, not per student."""
-    by_shard: defaultdict[int, list[NotificationPublic]] = defaultdict(list)
-    for notification in inserted.notifications:
-        student = Student(tenant_id, notification.student_id)
-        by_shard[shard_of(student, shards)].append(notification)
-    messages = [
-        (
-            routing_key(shard),
-            NotificationBatch(
-                tenant_id=tenant_id,
-                notifications=batch,
-                unread={n.student_id: inserted.unread[n.student_id] for n in batch},
-            )
-            .model_dump_json()
-            .encode(),
-        )
-        for shard, batch in by_shard.items()
-    ]
-    if not messages:
-        return []
-    rows = [{"routing_key": key, "body": body} for key, body in messages]
-    statement = insert(OutboxMessage).returning(OutboxMessage.id, sort_by_parameter_order=True)
-    ids = await connection.scalars(statement, rows)
-    return [Outgoing(id, key, body) for id, (key, body) in zip(ids, messages, strict=True)]
+    return (await connection.execute(PUBLISH, params)).all()

@@ -58,7 +58,7 @@ async def purge_expired(
     hole in what is retained; `stop` is checked between batches. A complete pass records
     its cut-off as the retention floor."""
     expired = select(func.count()).where(Notification.published_at < older_than)
-    async with transaction(engine) as connection:
+    async with transaction(engine, one_statement=True) as connection:
         expected = (await connection.scalar(expired)) or 0  # for the progress lines
     total, batches = 0, 0
     while not stop.is_set():

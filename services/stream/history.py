@@ -42,7 +42,7 @@ async def notifications_of(
     if since is not None:
         query = query.where(Notification.published_at >= since)
     query = query.order_by(Notification.seq).limit(limit)
-    async with transaction(engine) as connection:
+    async with transaction(engine, one_statement=True) as connection:
         rows = await connection.execute(query)
     return [NotificationPublic.from_row(row) for row in rows]
 
@@ -91,7 +91,7 @@ class Positions:
                     StudentSequence.tenant_id, StudentSequence.student_id,
                     StudentSequence.last_seq, StudentSequence.unread,
                 ).where(key.in_(chunk))  # fmt: skip
-                async with transaction(self.engine) as connection:
+                async with transaction(self.engine, one_statement=True) as connection:
                     for row in await connection.execute(query):
                         found[Student(row.tenant_id, row.student_id)] = (row.last_seq, row.unread)
         except Exception as error:
@@ -135,5 +135,5 @@ async def mark_read(engine: AsyncEngine, student: Student, seq: int | None) -> i
 
 async def purged_before(engine: AsyncEngine) -> datetime | None:
     """The retention floor: everything published before it has been purged."""
-    async with transaction(engine) as connection:
+    async with transaction(engine, one_statement=True) as connection:
         return await connection.scalar(select(RetentionFloor.purged_before))

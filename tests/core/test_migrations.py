@@ -1,0 +1,76 @@
+"""Migrations that move data: what was committed before an upgrade is still there, in its
+new shape, after it (and after a downgrade)."""
+
+import asyncio
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from alembic import command
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from services.core.events import NotificationBatch
+from services.core.migrate import alembic_config, create_database
+from tests.conftest import SERVER_URL, drop_database
+
+GRADE = {
+    "id": "1",
+    "studentId": "s-1",
+    "assignmentId": "hw-1",
+    "grade": "A",
+    "teacherComment": None,
+    "courseId": None,
+    "assignmentTitle": None,
+    "publishedAt": "2026-11-21T08:00:00Z",
+}
+
+
+@pytest.fixture
+def database_url() -> Iterator[str]:
+    name = f"gradecast_test_{uuid.uuid4().hex[:12]}"
+    url = f"{SERVER_URL}/{name}"
+    asyncio.run(create_database(url))
+    yield url
+    asyncio.run(drop_database(name))
+
+
+def sql(url: str, statement: str) -> list[Any]:
+    async def run() -> list[Any]:
+        engine = create_async_engine(url)
+        try:
+            async with engine.begin() as connection:
+                result = await connection.execute(text(statement))
+                return list(result.all()) if result.returns_rows else []
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def test_unsent_outbox_rows_keep_their_notifications_across_0005(database_url: str) -> None:
+    config = alembic_config(database_url)
+    command.upgrade(config, "0004")
+    sql(
+        database_url,
+        """
+        INSERT INTO notifications (tenant_id, student_id, seq, assignment_id, grade, published_at)
+        VALUES ('default', 's-1', 1, 'hw-1', '"A"', '2026-11-21T08:00:00Z'),
+               ('default', 's-2', 1, 'hw-1', '"B"', '2026-11-21T08:00:00Z')
+    """,
+    )
+    body = json.dumps({"tenantId": "default", "notifications": [GRADE], "unread": {"s-1": 1}})
+    sql(database_url, f"INSERT INTO outbox (routing_key, body) VALUES ('shard.3', '{body}')")
+
+    command.upgrade(config, "0005")
+    [(ids,)] = sql(database_url, "SELECT notification_ids FROM outbox")
+    [(s1,)] = sql(database_url, "SELECT id FROM notifications WHERE student_id = 's-1'")
+    assert ids == [s1]  # the one it carried, not the other student's
+
+    command.downgrade(config, "0004")
+    [(restored,)] = sql(database_url, "SELECT body FROM outbox")
+    batch = NotificationBatch.model_validate_json(restored)
+    assert batch.tenant_id == "default"
+    assert [n.model_dump(by_alias=True, mode="json") for n in batch.notifications] == [GRADE]
