@@ -37,6 +37,7 @@ class Options:
     publishes: int
     duration: float
     drain_seconds: float
+    connect_timeout: float
     concurrency: int
     node_pids: tuple[int, ...]
     processes: int
@@ -73,6 +74,14 @@ NUMBERS: list[tuple[str, Callable[[str], float], float, str, str]] = [  # flag, 
     ("--publishes", positive_int, 1000, "N", "publish requests at most"),
     ("--duration", positive_float, 30.0, "SECONDS", f"publishing time (at most {MAX_SECONDS:.0f})"),
     ("--drain-seconds", float, 5.0, "D", "how long to wait for deliveries after publishing"),
+    (
+        "--connect-timeout",
+        positive_float,
+        15.0,
+        "SECONDS",
+        "from connecting to a stream's first frame, at most; a node that takes connections slower "
+        "than the ramp queues them",
+    ),
     ("--concurrency", positive_int, 64, "K", "publish requests in flight at most"),
     ("--processes", positive_int, 1, "P", "processes holding the connections"),
 ]
@@ -162,6 +171,7 @@ def options_from(args: argparse.Namespace) -> Options:
         publishes=min(args.publishes, MAX_PUBLISHES),
         duration=min(args.duration, MAX_SECONDS),
         drain_seconds=max(0.0, min(args.drain_seconds, MAX_SECONDS)),
+        connect_timeout=min(args.connect_timeout, MAX_SECONDS),
         concurrency=args.concurrency,
         node_pids=tuple(args.node_pids),
         processes=min(args.processes, MAX_PROCESSES, students),

@@ -37,7 +37,7 @@ from services.loadtest.shared import (
     rss_kib,
     until,
 )
-from services.loadtest.streams import HANDSHAKE_SECONDS, Worker, child_main
+from services.loadtest.streams import Worker, child_main
 
 MAX_RAMP_SECONDS = 600.0
 COLLECT_SECONDS = 60.0  # for a child to send what it saw once told to stop
@@ -138,6 +138,7 @@ async def main(options: Options) -> dict[str, Any]:
             connections=connections,
             students=students,
             ramp_per_second=options.ramp_per_second / workers,
+            connect_timeout=options.connect_timeout,
             last_event_id="0" if replay else None,
         )
         for worker in range(workers)
@@ -149,7 +150,7 @@ async def main(options: Options) -> dict[str, Any]:
             published.expected = published.ok
             phase[0] = "replay"
         pool = Workers(context, shared, plans)
-        ramp_seconds = connections / options.ramp_per_second + HANDSHAKE_SECONDS + 10
+        ramp_seconds = connections / options.ramp_per_second + options.connect_timeout + 10
         await until(
             lambda: (
                 shared.stopping

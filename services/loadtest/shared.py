@@ -33,6 +33,7 @@ class Plan:
     connections: int
     students: int
     ramp_per_second: float  # this worker's share of the rate
+    connect_timeout: float  # seconds from connecting to the first frame
     last_event_id: str | None = None
 
     def indexes(self) -> list[int]:

@@ -33,7 +33,6 @@ from services.loadtest.wire import (
     target,
 )
 
-HANDSHAKE_SECONDS = 15  # from connecting to the first frame
 TICK_SECONDS = 0.25  # how often a worker publishes its counters
 READ_SIZE = 65536
 
@@ -120,7 +119,7 @@ class Worker:
         quiet = True  # nothing but `retry:` so far
         try:
             try:
-                async with asyncio.timeout(HANDSHAKE_SECONDS):
+                async with asyncio.timeout(plan.connect_timeout):
                     reader, writer = await asyncio.open_connection(
                         where.host, where.port, ssl=where.ssl
                     )

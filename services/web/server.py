@@ -11,6 +11,10 @@ from fastapi import FastAPI
 from services.core.settings import Settings
 
 GRACEFUL_SHUTDOWN_SECONDS = 5
+# Connections waiting to be accepted: as many as the kernel allows (net.core.somaxconn caps
+# it), so that a burst of clients reconnecting at once waits its turn instead of being
+# dropped (uvicorn's default is 2,048).
+LISTEN_BACKLOG = 65_535
 
 
 class Server(uvicorn.Server):
@@ -38,6 +42,7 @@ def serve(factory: Callable[[], FastAPI], settings: Settings, port: int) -> None
         loop="uvloop",
         http="httptools",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        backlog=LISTEN_BACKLOG,
         proxy_headers=True,  # client addresses (for rate limits) as the proxy saw them
         forwarded_allow_ips=settings.FORWARDED_ALLOW_IPS,
         access_log=settings.ACCESS_LOG,
