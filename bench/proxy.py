@@ -2,6 +2,8 @@
 deployment's: a config of the bench's own, in a directory of its own, so that it runs as a
 child process of the bench without the system's paths (or root)."""
 
+import math
+import resource
 import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -10,6 +12,8 @@ from pathlib import Path
 from processes import ROOT, stop, wait_ready
 
 NGINX = "/usr/sbin/nginx"
+# The hard open-file limit, which nginx inherits and its workers cannot raise.
+FILES_PER_PROCESS = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")  # each defaults under /var
 
 CONFIG = """\
@@ -17,12 +21,13 @@ CONFIG = """\
 daemon off;
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
-worker_processes auto;
+# Every stream takes two files, and a process may open FILES_PER_PROCESS: enough workers.
+worker_processes {workers};
 worker_rlimit_nofile {files};
 
 events {{
-    # Every open stream holds two connections: the client's and the one to a node. Any one
-    # worker may accept most of them.
+    # A worker's share of the streams, two connections each: the client's and the one to
+    # a node.
     worker_connections {connections};
 }}
 
@@ -30,7 +35,8 @@ http {{
     access_log off;
 {temp_paths}
     upstream stream_nodes {{
-        # Streams are long-lived: balance open connections, counted across workers.
+        # Streams are long-lived: balance open connections, counted across workers. A node
+        # slow to answer in a burst is not taken out of the rotation (max_fails=0).
         least_conn;
         zone stream_nodes 64k;
 {servers}
@@ -54,14 +60,17 @@ http {{
 
 def config(directory: Path, nodes: Sequence[int], ports: Sequence[int], streams: int) -> str:
     """nginx.conf for `nodes` (ports) behind `ports`, sized for `streams` open at once."""
-    connections = 2 * streams + 1024
+    workers = math.ceil((2 * streams + 1024) / (FILES_PER_PROCESS - 1024))
+    connections = min(2 * streams + 1024, FILES_PER_PROCESS - 1024)  # per worker
     return CONFIG.format(
         dir=directory,
-        files=connections + 1024,
+        workers=workers,
+        files=FILES_PER_PROCESS,
         connections=connections,
         temp_paths="".join(f"    {name}_temp_path {directory}/{name};\n" for name in TEMP_PATHS),
-        servers="\n".join(f"        server 127.0.0.1:{port};" for port in nodes),
-        listens="".join(f"        listen 127.0.0.1:{port};\n" for port in ports),
+        servers="\n".join(f"        server 127.0.0.1:{port} max_fails=0;" for port in nodes),
+        # reuseport: the kernel spreads new connections evenly over the workers.
+        listens="".join(f"        listen 127.0.0.1:{port} reuseport;\n" for port in ports),
     )
 
 
@@ -77,6 +86,7 @@ def nginx(
     conf = directory / "nginx.conf"
     conf.write_text(config(directory, nodes, ports, streams))
     log = directory / "error.log"
+    log.unlink(missing_ok=True)  # this run's errors only
     process = subprocess.Popen([NGINX, "-p", str(directory), "-c", str(conf), "-e", str(log)])
     try:
         urls = [f"http://127.0.0.1:{port}" for port in ports]
