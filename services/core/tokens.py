@@ -4,11 +4,13 @@ school's identity provider, checked against its public key or key set. `exp` is 
 `aud` and `iss` are checked when configured; `alg: none` and algorithm confusion are refused
 because each kind of key accepts only its own algorithms."""
 
+import functools
 import re
 import time
 from typing import TYPE_CHECKING, Any
 
 import jwt
+from jwt.algorithms import HMACAlgorithm
 
 from services.core.tenancy import DEFAULT_TENANT, Student
 
@@ -22,6 +24,20 @@ IDENTIFIER = re.compile(r"[A-Za-z0-9._:@-]{1,64}")
 
 class InvalidToken(Exception):
     pass
+
+
+class PreparedKeyHMAC(HMACAlgorithm):
+    """HMAC with each key prepared once, not on every token: PyJWT checks at each decode
+    that the secret is no PEM or JWK document, which costs more than the signature, and
+    the keys here are the process's own, never a token's."""
+
+    @functools.lru_cache(maxsize=8)  # noqa: B019 -- one instance, as long as the process
+    def prepare_key(self, key: str | bytes) -> bytes:
+        return super().prepare_key(key)
+
+
+jwt.unregister_algorithm("HS256")
+jwt.register_algorithm("HS256", PreparedKeyHMAC(HMACAlgorithm.SHA256))
 
 
 def mint_token(
