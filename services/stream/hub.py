@@ -73,8 +73,9 @@ class Subscriber:
             self.waiter.set_result(None)
 
     async def take(self) -> list[Frame]:
-        """Every frame buffered, once there is one, oldest first: a reader written to
-        once for all of them. None on a resync request, or once closed."""
+        """Every frame buffered, oldest first, so that the reader is written to once for
+        all of them; waits for one, a resync request or the close (after which there may
+        be none)."""
         if not self.frames and not self.closed and not self.resync:
             self.waiter = asyncio.get_running_loop().create_future()
             try:
