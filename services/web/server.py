@@ -1,5 +1,5 @@
-"""Running an HTTP service: uvicorn with uvloop and httptools, and a shutdown that lets
-long-lived streams end first."""
+"""Running an HTTP service: uvicorn with uvloop and httptools (able to hand a stream's
+connection to the app), and a shutdown that lets long-lived streams end first."""
 
 import asyncio
 from collections.abc import Callable
@@ -9,6 +9,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from services.core.settings import Settings
+from services.web.handover import HandoverProtocol
 
 GRACEFUL_SHUTDOWN_SECONDS = 5
 # Connections waiting to be accepted: as many as the kernel allows (net.core.somaxconn caps
@@ -40,7 +41,7 @@ def serve(factory: Callable[[], FastAPI], settings: Settings, port: int) -> None
         host=settings.HOST,
         port=port,
         loop="uvloop",
-        http="httptools",
+        http=HandoverProtocol,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         backlog=LISTEN_BACKLOG,
         proxy_headers=True,  # client addresses (for rate limits) as the proxy saw them
