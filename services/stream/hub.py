@@ -1,8 +1,9 @@
 """Fan-out inside one stream node: the broker consumer hands each notification to the hub,
-which encodes its frame once and pushes the same bytes to each of its student's streams."""
+which encodes its frame once and pushes the same bytes to each of its student's streams.
+Streams pushed to are flushed together once the current callback is done, so that each is
+written to once for all the frames one broker message brought it."""
 
 import asyncio
-import logging
 import time
 
 from services.core.broker import shard_of
@@ -11,12 +12,7 @@ from services.core.metrics import PUBLISH_TO_DELIVER
 from services.core.tenancy import Student
 from services.stream.bindings import ShardBindings
 from services.stream.frames import KEEPALIVE, encode_event, encode_stats
-
-logger = logging.getLogger(__name__)
-
-# The student's sequence number and the encoded SSE frame; no number for frames that are
-# not grades (stats), which are always sent.
-Frame = tuple[int | None, bytes]
+from services.stream.subscriber import Frame, Subscriber
 
 
 class TooManyConnections(Exception):
@@ -25,65 +21,6 @@ class TooManyConnections(Exception):
 
 class NodeFull(Exception):
     """The node holds MAX_CONNECTIONS_PER_NODE streams already."""
-
-
-class Subscriber:
-    """One open stream: a bounded buffer the hub fills and the connection drains. A reader
-    that falls further behind than the buffer is closed, and replays on reconnect."""
-
-    __slots__ = ("student", "limit", "frames", "waiter", "closed", "resync", "writer", "quiet")
-
-    def __init__(self, student: Student, limit: int) -> None:
-        self.student = student
-        self.limit = limit
-        self.frames: list[Frame] = []  # a list: smaller than a deque, taken whole
-        self.waiter: asyncio.Future[None] | None = None
-        self.closed: str | None = None  # why, once closed
-        self.resync = False  # live frames may have been lost: check Postgres
-        self.writer: asyncio.Task[object] | None = None  # the task writing to the client
-        self.quiet = False  # nothing pushed since the hub's last keepalive tick
-
-    def push(self, frame: Frame) -> None:
-        if self.closed:
-            return
-        if len(self.frames) >= self.limit:
-            logger.warning(
-                "dropped a stream of %s: %d events behind", self.student.label(), self.limit
-            )
-            self.close("overflow")
-            if self.writer is not None:
-                self.writer.cancel()  # it may be stuck writing to a client that stopped reading
-            return
-        self.frames.append(frame)
-        self.quiet = False
-        self.wake()
-
-    def close(self, reason: str) -> None:
-        if not self.closed:
-            self.closed = reason
-            self.frames.clear()
-            self.wake()
-
-    def request_resync(self) -> None:
-        self.resync = True
-        self.wake()
-
-    def wake(self) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
-
-    async def take(self) -> list[Frame]:
-        """Every frame buffered, oldest first, so that the reader is written to once for
-        all of them; waits for one, a resync request or the close (after which there may
-        be none)."""
-        if not self.frames and not self.closed and not self.resync:
-            self.waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self.waiter
-            finally:
-                self.waiter = None
-        frames, self.frames = self.frames, []
-        return frames
 
 
 class Hub:
@@ -103,6 +40,7 @@ class Hub:
         self.buffer_events = buffer_events
         self.students: dict[Student, set[Subscriber]] = {}
         self.total = 0
+        self.ready: list[Subscriber] = []  # pushed to since the last flush
 
     async def subscribe(self, student: Student) -> Subscriber:
         """Registers at once (so the limits hold under concurrency), then waits for the
@@ -151,7 +89,18 @@ class Hub:
 
     def push(self, student: Student, frame: Frame) -> None:
         for subscriber in tuple(self.students.get(student, ())):
-            subscriber.push(frame)
+            if subscriber.push(frame):
+                self.flush_soon(subscriber)
+
+    def flush_soon(self, subscriber: Subscriber) -> None:
+        if not self.ready:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.ready.append(subscriber)
+
+    def flush(self) -> None:
+        ready, self.ready = self.ready, []
+        for subscriber in ready:
+            subscriber.flush()
 
     async def keep_alive(self, heartbeat_seconds: float) -> None:
         """One timer for all streams rather than one per stream: a keepalive to each stream
@@ -163,8 +112,8 @@ class Hub:
 
     def tick(self) -> None:
         for subscriber in self.subscribers():
-            if subscriber.quiet:
-                subscriber.push((None, KEEPALIVE))
+            if subscriber.quiet and subscriber.push((None, KEEPALIVE)):
+                self.flush_soon(subscriber)
             subscriber.quiet = True
 
     def subscribers(self) -> list[Subscriber]:
@@ -178,7 +127,8 @@ class Hub:
         """After the broker connection was lost: every stream checks Postgres for what it
         missed meanwhile."""
         for subscriber in self.subscribers():
-            subscriber.request_resync()
+            if subscriber.request_resync():
+                self.flush_soon(subscriber)
 
     def counts(self) -> dict[str, int]:
         return {student.label(): len(streams) for student, streams in self.students.items()}

@@ -22,7 +22,6 @@ from services.stream.auth import (
 )
 from services.stream.history import mark_read, notifications_of
 from services.stream.hub import NodeFull, TooManyConnections
-from services.stream.session import StreamSession
 from services.stream.sse import EventStream, RetryLater
 from services.web.errors import InvalidRequest, NotFound, TooManyRequests, Unauthorized
 from services.web.operators import OperatorOnly
@@ -87,14 +86,14 @@ async def stream_notifications(
     except BROKER_ERRORS as error:
         logger.warning("could not bind the shard of %s: %r", student.label(), error)
         return RetryLater(state.reconnect)
-    session = StreamSession(
+    return EventStream(
+        subscriber,
         engine=state.engine,
         positions=state.positions,
-        subscriber=subscriber,
         release=state.hub.unsubscribe,
         after=int(after) if after is not None else None,
+        reconnect=state.reconnect,
     )
-    return EventStream(session, state.reconnect)
 
 
 @router.get("/notifications/missed/{student_id}")

@@ -6,13 +6,13 @@ Refusals close the socket with 4000 + the HTTP status the SSE stream would answe
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable
 
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.security.utils import get_authorization_scheme_param
 
 from services.core.broker import BROKER_ERRORS
+from services.core.db import DatabaseUnavailable
 from services.core.tenancy import Student
 from services.stream.auth import (
     TOKEN_COOKIE,
@@ -22,7 +22,7 @@ from services.stream.auth import (
     verify,
 )
 from services.stream.hub import NodeFull, TooManyConnections
-from services.stream.session import StreamSession
+from services.stream.subscriber import Subscriber
 from services.web.errors import ApiError, InvalidRequest
 
 logger = logging.getLogger(__name__)
@@ -46,6 +46,53 @@ def messages(frames: bytes) -> list[str]:
             message = {"event": fields["event"], "id": fields.get("id"), "data": data}
             out.append(orjson.dumps(message).decode())
     return out
+
+
+class WebSocketSink:
+    """A stream's frames for one WebSocket, sent by its handler's task; paused while some
+    wait to be sent."""
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self.websocket = websocket
+        self.out: list[bytes] = []
+        self.paused = False
+        self.ended: str | None = None
+        self.wakeup = asyncio.Event()
+        self.sender: asyncio.Task[object] | None = None
+
+    def write(self, data: bytes) -> None:
+        self.out.append(data)
+        self.paused = True
+        self.wakeup.set()
+
+    def end(self, reason: str) -> None:
+        self.ended = reason
+        self.wakeup.set()
+        if reason in ("overflow", "disconnected") and self.sender is not None:
+            self.sender.cancel()  # it may be stuck writing to a client that stopped reading
+
+    async def send_all(self, subscriber: Subscriber) -> str:
+        """Sends until the stream ends; answers why it ended."""
+        self.sender = asyncio.current_task()
+        try:
+            while True:
+                await self.wakeup.wait()
+                self.wakeup.clear()
+                while self.out:
+                    out, self.out = self.out, []
+                    for message in messages(b"".join(out)):
+                        await self.websocket.send_text(message)
+                if self.ended:
+                    return self.ended
+                self.paused = False
+                subscriber.resume()
+        except asyncio.CancelledError:
+            if self.ended not in ("overflow", "disconnected"):
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            return self.ended
+        finally:
+            self.sender = None
 
 
 async def wait_for_close(websocket: WebSocket) -> None:
@@ -89,27 +136,22 @@ async def websocket_notifications(websocket: WebSocket, student_id: str) -> None
     except (NodeFull, *BROKER_ERRORS):
         await websocket.close(TRY_AGAIN_LATER, "try again later")
         return
-    session = StreamSession(
-        engine=state.engine,
-        positions=state.positions,
-        subscriber=subscriber,
-        release=state.hub.unsubscribe,
-        after=after,
-    )
-    ended = await session.run(opened, sender(websocket), wait_for_close(websocket))
+    sink = WebSocketSink(websocket)
+    watcher = asyncio.ensure_future(wait_for_close(websocket))
+    watcher.add_done_callback(lambda _: subscriber.close("disconnected"))
+    try:
+        try:
+            newest, unread = await state.positions.read(student)
+        except DatabaseUnavailable as error:
+            logger.warning("ended a stream of %s: %s", student.label(), error)
+            subscriber.close("database unavailable")
+            newest = unread = 0  # not read: start() only ends the stream
+        subscriber.start(sink, state.engine, after, newest, unread)
+        ended = await sink.send_all(subscriber)
+    finally:
+        watcher.cancel()
+        state.hub.unsubscribe(subscriber)
     if ended in CLOSE_CODES:
         await websocket.close(*CLOSE_CODES[ended])
     elif ended not in ("disconnected", "overflow"):
         await websocket.close()
-
-
-async def opened() -> None:
-    """Nothing to do: the socket was accepted before the checks."""
-
-
-def sender(websocket: WebSocket) -> Callable[[bytes], Awaitable[None]]:
-    async def write(frames: bytes) -> None:
-        for message in messages(frames):
-            await websocket.send_text(message)
-
-    return write

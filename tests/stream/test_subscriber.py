@@ -1,17 +1,20 @@
-"""A stream's bounded buffer, and the hub's fan-out to a student's streams."""
+"""A stream's buffer and sequencing, and the hub's fan-out to a student's streams."""
 
 import asyncio
 from datetime import UTC, datetime
 from typing import cast
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.core.broker import shard_of
 from services.core.events import NotificationPublic
 from services.core.tenancy import Student
 from services.stream.bindings import ShardBindings
 from services.stream.frames import KEEPALIVE
-from services.stream.hub import Hub, NodeFull, Subscriber, TooManyConnections
+from services.stream.hub import Hub, NodeFull, TooManyConnections
+from services.stream.subscriber import Subscriber
+from tests.support import eventually
 
 SHARDS = 64
 
@@ -63,12 +66,72 @@ def grade_for(student_id: str, seq: int = 1) -> NotificationPublic:
     )
 
 
-async def test_frames_come_out_in_order() -> None:
+class RecordingSink:
+    """Keeps what a stream writes, and can stop taking it as a full socket does."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.paused = False
+        self.ended: str | None = None
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def end(self, reason: str) -> None:
+        self.ended = reason
+
+
+def started(subscriber: Subscriber, newest: int = 0) -> RecordingSink:
+    """Starts a fresh stream at `newest` and forgets its opening unread count."""
+    sink = RecordingSink()
+    subscriber.start(sink, cast(AsyncEngine, None), None, newest, unread=0)
+    assert sink.written == [b'event: stats\ndata: {"unread":0}\n\n']
+    sink.written.clear()
+    return sink
+
+
+async def test_frames_pushed_together_are_written_in_one_go_and_in_order() -> None:
     subscriber = Subscriber(student("student-1"), limit=10)
-    subscriber.push((1, b"one"))
-    subscriber.push((2, b"two"))
-    assert await subscriber.take() == [(1, b"one"), (2, b"two")]
-    assert not subscriber.frames
+    sink = started(subscriber)
+    assert subscriber.push((1, b"one:"))
+    assert not subscriber.push((None, b"stats:"))  # a flush is due already
+    assert not subscriber.push((2, b"two:"))
+    subscriber.flush()
+    assert sink.written == [b"one:stats:two:"]
+    assert subscriber.sent == 2 and not subscriber.frames
+
+
+async def test_frames_wait_for_the_start_and_skip_what_it_covers() -> None:
+    subscriber = Subscriber(student("student-1"), limit=10)
+    subscriber.push((4, b"four:"))  # committed before the position was read
+    subscriber.push((5, b"five:"))
+    subscriber.flush()  # not started: nothing to write to yet
+    sink = RecordingSink()
+    subscriber.start(sink, cast(AsyncEngine, None), None, newest=4, unread=1)
+    assert sink.written == [b'event: stats\ndata: {"unread":1}\n\n', b"five:"]
+
+
+async def test_duplicates_are_dropped() -> None:
+    subscriber = Subscriber(student("student-1"), limit=10)
+    sink = started(subscriber, newest=3)
+    subscriber.push((3, b"again:"))
+    subscriber.push((4, b"four:"))
+    subscriber.push((4, b"four again:"))
+    subscriber.flush()
+    assert sink.written == [b"four:"]
+
+
+async def test_a_paused_sink_gets_the_frames_when_it_resumes() -> None:
+    subscriber = Subscriber(student("student-1"), limit=10)
+    sink = started(subscriber)
+    sink.paused = True
+    subscriber.push((1, b"one:"))
+    subscriber.flush()
+    assert not sink.written
+    subscriber.push((2, b"two:"))
+    sink.paused = False
+    subscriber.resume()
+    assert sink.written == [b"one:two:"]
 
 
 async def test_keepalives_go_only_to_streams_that_were_quiet_for_a_tick() -> None:
@@ -83,41 +146,58 @@ async def test_keepalives_go_only_to_streams_that_were_quiet_for_a_tick() -> Non
     assert list(busy.frames) == [(1, b"grade")]
 
 
-async def test_keepalives_are_sent_while_idle() -> None:
+async def test_keepalives_are_written_while_idle() -> None:
     hub, _ = make_hub()
-    subscriber = await hub.subscribe(student("student-1"))
+    sink = started(await hub.subscribe(student("student-1")))
     ticks = asyncio.create_task(hub.keep_alive(0.1))
     try:
-        assert await asyncio.wait_for(subscriber.take(), 5) == [(None, KEEPALIVE)]
+        await eventually(lambda: sink.written, seconds=5)
     finally:
         ticks.cancel()
-
-
-async def test_next_waits_for_a_push() -> None:
-    subscriber = Subscriber(student("student-1"), limit=10)
-    waiting = asyncio.create_task(subscriber.take())
-    await asyncio.sleep(0)
-    subscriber.push((1, b"one"))
-    assert await asyncio.wait_for(waiting, 1) == [(1, b"one")]
+    assert sink.written[0] == KEEPALIVE
 
 
 async def test_overflow_closes_the_stream() -> None:
     subscriber = Subscriber(student("student-1"), limit=2)
-    for seq in range(3):
+    sink = started(subscriber)
+    sink.paused = True  # a client that stopped reading
+    for seq in range(1, 4):
         subscriber.push((seq, b"frame"))
-    assert subscriber.closed == "overflow"
-    assert await asyncio.wait_for(subscriber.take(), 0.5) == []
-    subscriber.push((4, b"late"))
+    assert subscriber.closed == "overflow" and sink.ended == "overflow"
+    assert not subscriber.frames
+    assert not subscriber.push((4, b"late"))
     assert not subscriber.frames
 
 
-async def test_close_wakes_a_waiting_take() -> None:
+async def test_close_ends_the_sink_once_with_the_reason() -> None:
     subscriber = Subscriber(student("student-1"), limit=10)
-    waiting = asyncio.create_task(subscriber.take())
-    await asyncio.sleep(0)
+    sink = started(subscriber)
+    subscriber.push((1, b"one"))
     subscriber.close("shutdown")
-    assert await asyncio.wait_for(waiting, 1) == []
-    assert subscriber.closed == "shutdown"
+    subscriber.close("disconnected")
+    subscriber.flush()
+    assert sink.ended == "shutdown" and subscriber.closed == "shutdown"
+    assert not sink.written
+
+
+async def test_a_stream_closed_before_it_started_ends_at_the_start() -> None:
+    subscriber = Subscriber(student("student-1"), limit=10)
+    subscriber.close("shutdown")
+    sink = RecordingSink()
+    subscriber.start(sink, cast(AsyncEngine, None), None, newest=0, unread=0)
+    assert sink.ended == "shutdown" and not sink.written
+
+
+async def test_dispatch_flushes_each_stream_once_after_the_message() -> None:
+    hub, _ = make_hub()
+    sink = started(await hub.subscribe(student("student-1")))
+    hub.dispatch("default", grade_for("student-1", seq=1), unread=1)
+    hub.dispatch("default", grade_for("student-1", seq=2), unread=2)
+    assert not sink.written  # flushed once the current callback is done
+    await asyncio.sleep(0)
+    assert len(sink.written) == 1
+    assert sink.written[0].count(b"event: grade") == 2
+    assert sink.written[0].endswith(b'event: stats\ndata: {"unread":2}\n\n')
 
 
 async def test_dispatch_shares_one_frame_among_a_students_streams() -> None:
@@ -193,11 +273,9 @@ async def test_a_full_node_refuses_new_streams_until_one_closes() -> None:
     assert hub.total == 2
 
 
-async def test_resync_wakes_a_waiting_stream_without_a_frame() -> None:
+async def test_resync_flushes_an_idle_stream() -> None:
     hub, _ = make_hub()
     subscriber = await hub.subscribe(student("student-1"))
-    waiting = asyncio.create_task(subscriber.take())
-    await asyncio.sleep(0)
     hub.resync_all()
-    assert await asyncio.wait_for(waiting, 1) == []
+    assert hub.ready == [subscriber]
     assert subscriber.resync and not subscriber.closed
