@@ -54,6 +54,6 @@ class IdempotentRequest:
             raise Conflict("this Idempotency-Key was already used with a different body")
         return earlier.response
 
-    async def remember(self, connection: AsyncConnection, response: Any) -> None:
-        params = {"scope": self.scope, "key": self.key, "response": orjson.dumps(response).decode()}
+    async def remember(self, connection: AsyncConnection, answer: bytes) -> None:
+        params = {"scope": self.scope, "key": self.key, "response": answer.decode()}
         await connection.execute(REMEMBER, params)

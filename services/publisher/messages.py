@@ -1,17 +1,28 @@
 """The broker messages an outbox row stands for, built from the notifications it names:
 by a publish right after its commit, or by the relay loop later."""
 
-from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from services.core.events import NotificationBatch, NotificationPublic
+# The body of one outbox row's message, a NotificationBatch (services.core.events), built
+# by Postgres from the row's notifications `n` and their students' sequences `s`, grouped
+# by outbox row: for 10,000 students a few milliseconds, against tens for building and
+# encoding as many models. Groups without notifications (purged since) have no body.
+BATCH_JSON = """
+    CASE WHEN count(n.id) > 0 THEN CAST(json_build_object(
+        'tenantId', min(n.tenant_id),
+        'notifications', json_agg(json_build_object(
+            'id', CAST(n.seq AS text), 'studentId', n.student_id,
+            'assignmentId', n.assignment_id, 'grade', n.grade,
+            'teacherComment', n.teacher_comment, 'courseId', n.course_id,
+            'assignmentTitle', n.assignment_title, 'publishedAt', n.published_at
+        )) FILTER (WHERE n.id IS NOT NULL),
+        'unread', json_object_agg(n.student_id, s.unread) FILTER (WHERE n.id IS NOT NULL)
+    ) AS text) END
+"""
 
-# The columns each row must have: an outbox row's id and routing key, then one of its
-# notifications (tenant_id, student_id, seq, assignment_id, grade, teacher_comment,
-# course_id, assignment_title, published_at) and its student's unread count.
-Row = Any
+Row = Any  # with the columns outbox_id, routing_key and body (BATCH_JSON)
 
 
 @dataclass(frozen=True)
@@ -24,20 +35,9 @@ class Outgoing:
 
 
 def messages_of(rows: Iterable[Row]) -> list[Outgoing]:
-    by_outbox_row: defaultdict[tuple[int, str], list[Row]] = defaultdict(list)
-    for row in rows:
-        by_outbox_row[row.outbox_id, row.routing_key].append(row)
+    """The messages of the rows that have a body."""
     return [
-        Outgoing(
-            outbox_id,
-            routing_key,
-            NotificationBatch(
-                tenant_id=batch[0].tenant_id,  # a publish is of one tenant
-                notifications=[NotificationPublic.from_row(row) for row in batch],
-                unread={row.student_id: row.unread for row in batch},
-            )
-            .model_dump_json()
-            .encode(),
-        )
-        for (outbox_id, routing_key), batch in by_outbox_row.items()
+        Outgoing(row.outbox_id, row.routing_key, row.body.encode())
+        for row in rows
+        if row.body is not None
     ]

@@ -23,7 +23,7 @@ from services.core.events import NOTIFICATIONS
 from services.core.metrics import OUTBOX_AGE, OUTBOX_BACKLOG
 from services.core.models import OutboxMessage
 from services.logs import request_id
-from services.publisher.messages import Outgoing, messages_of
+from services.publisher.messages import BATCH_JSON, Outgoing, messages_of
 
 logger = logging.getLogger(__name__)
 
@@ -49,13 +49,12 @@ CLAIM_STALE = text(f"""
         LIMIT {BATCH_SIZE}
         FOR UPDATE SKIP LOCKED
     )
-    SELECT claimed.id AS outbox_id, claimed.routing_key, n.tenant_id, n.student_id, n.seq,
-           n.assignment_id, n.grade, n.teacher_comment, n.course_id, n.assignment_title,
-           n.published_at, s.unread
+    SELECT claimed.id AS outbox_id, claimed.routing_key, {BATCH_JSON} AS body
     FROM claimed
     LEFT JOIN notifications AS n ON n.id = ANY(claimed.notification_ids)
     LEFT JOIN student_sequences AS s USING (tenant_id, student_id)
-    ORDER BY claimed.id, n.seq
+    GROUP BY claimed.id, claimed.routing_key
+    ORDER BY claimed.id
 """)
 
 
@@ -105,8 +104,8 @@ class OutboxRelay:
             rows = (await connection.execute(CLAIM_STALE)).all()
             if not rows:
                 return 0
-            await self.publish(messages_of(row for row in rows if row.student_id is not None))
-            ids = list({row.outbox_id for row in rows})
+            await self.publish(messages_of(rows))
+            ids = [row.outbox_id for row in rows]
             await connection.execute(DELETE_SENT, {"ids": ids})
         logger.info("outbox: relayed %d messages", len(ids))
         return len(ids)

@@ -34,6 +34,7 @@ REQUEST_BODY = {
 @router.post(
     "/grades/publish",
     status_code=201,
+    response_model=PublishResult,  # written by store_grades, already encoded
     openapi_extra={"requestBody": REQUEST_BODY},
     responses={
         401: {"description": "No valid publisher key"},
@@ -46,11 +47,8 @@ REQUEST_BODY = {
     },
 )
 async def publish_grades(
-    publisher: PublisherDep,
-    request: Request,
-    response: Response,
-    idempotency_key: IdempotencyKey = None,
-) -> PublishResult:
+    publisher: PublisherDep, request: Request, idempotency_key: IdempotencyKey = None
+) -> Response:
     """Store a grade for one or many students and push it to their streams."""
     publish, raw = await read_json(request, GradePublish)
     settings, relay = request.state.settings, request.state.relay
@@ -64,9 +62,7 @@ async def publish_grades(
         if idempotency_key
         else None,
     )
-    if stored.replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    else:
-        PUBLISHED.inc(stored.result.count)
+    PUBLISHED.inc(stored.count)
     await relay.send_now(stored.outgoing)
-    return stored.result
+    headers = {"Idempotent-Replayed": "true"} if stored.replayed else None
+    return Response(stored.answer, 201, headers, media_type="application/json")
