@@ -51,29 +51,31 @@ async def connect(settings: Settings, name: str) -> AbstractRobustConnection:
     )
 
 
-async def close(connection: AbstractRobustConnection, timeout_seconds: float) -> None:
-    """Close without waiting on a broker that is unreachable: shutdown must not hang."""
-    try:
-        async with asyncio.timeout(timeout_seconds):
-            await connection.close()
-    except BROKER_ERRORS as error:
-        logger.warning("closed the RabbitMQ connection uncleanly: %r", error)
-
-
 class BrokerLink:
     """Whether a robust connection is up at this moment (its is_closed stays False while it
     reconnects), and a hook for what must happen once it is restored."""
 
     def __init__(self, connection: AbstractRobustConnection) -> None:
+        self.connection = connection
         self.up = True
+        self.closing = False
         self.on_restored: list[Any] = []
         connection.close_callbacks.add(self.lost)
         connection.reconnect_callbacks.add(self.restored)
 
     def lost(self, *_: object) -> None:
-        if self.up:
+        if self.up and not self.closing:
             logger.warning("lost the connection to RabbitMQ; reconnecting")
         self.up = False
+
+    async def close(self, timeout_seconds: float) -> None:
+        """Closes without waiting on a broker that is unreachable: shutdown must not hang."""
+        self.closing = True
+        try:
+            async with asyncio.timeout(timeout_seconds):
+                await self.connection.close()
+        except BROKER_ERRORS as error:
+            logger.warning("closed the RabbitMQ connection uncleanly: %r", error)
 
     def restored(self, *_: object) -> None:
         """Called once the channels, queues, bindings and consumers are restored."""

@@ -72,7 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await relay.delete_confirmed()
             except DatabaseUnavailable as error:
                 logger.warning("outbox: could not delete confirmed rows: %s", error)
-            await broker.close(connection, settings.BROKER_TIMEOUT_SECONDS)
+            await link.close(settings.BROKER_TIMEOUT_SECONDS)
             await engine.dispose()
 
     return service_app("gradecast publisher", lifespan, router, readiness)

@@ -108,7 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             hub.close_all("shutdown")
             await bindings.close()
             # Closing the connection ends its consumer; the exclusive queue goes with it.
-            await broker.close(connection, settings.BROKER_TIMEOUT_SECONDS)
+            await link.close(settings.BROKER_TIMEOUT_SECONDS)
             await engine.dispose()
 
     app = service_app("gradecast stream node", lifespan, router, readiness)

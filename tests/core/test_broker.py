@@ -1,11 +1,14 @@
-"""Student ids to shards and routing keys."""
+"""Student ids to shards and routing keys, and the link's view of a real connection."""
 
+import logging
 import random
 import zlib
 
 import pytest
 
-from services.core.broker import node_queue_name, routing_key, shard_of
+from services.core import broker
+from services.core.broker import BrokerLink, node_queue_name, routing_key, shard_of
+from services.core.settings import Settings
 from services.core.tenancy import Student
 
 
@@ -44,3 +47,16 @@ def test_routing_key() -> None:
 
 def test_node_queue_name() -> None:
     assert node_queue_name("node-a") == "gradecast.stream.node-a"
+
+
+async def test_closing_the_link_is_not_reported_as_a_lost_connection(
+    service_env: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(AMQP_URL=service_env["AMQP_URL"])
+    link = BrokerLink(await broker.connect(settings, "test-link"))
+    assert link.up
+    with caplog.at_level(logging.INFO, logger="services.core.broker"):
+        await link.close(settings.BROKER_TIMEOUT_SECONDS)
+    assert not link.up
+    assert link.connection.is_closed
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
