@@ -74,10 +74,11 @@ class Subscriber:
     ) -> None:
         """Opens the stream at the student's position, read once subscribed: whatever
         commits after that comes live. Replays from `after` (a Last-Event-ID) first."""
-        self.sink, self.engine = sink, engine
         if self.closed:
             sink.end(self.closed)
-        elif after is None:  # a fresh stream: only what is published from now on
+            return
+        self.sink, self.engine = sink, engine
+        if after is None:  # a fresh stream: only what is published from now on
             self.sent = newest
             self.write([encode_stats(unread)], 0)
             self.flush()
@@ -133,8 +134,9 @@ class Subscriber:
         self.frames.clear()
         if self.replaying is not None:
             self.replaying.cancel()
-        if self.sink is not None:
-            self.sink.end(reason)
+        sink, self.sink = self.sink, None  # a connection refers back to its subscriber
+        if sink is not None:
+            sink.end(reason)
 
     def catch_up(
         self, after: int, until: int | None = None, reset: str | None = None, then: bytes = b""
@@ -162,8 +164,9 @@ class Subscriber:
 
     async def paced(self, data: bytes) -> None:
         """A replay's write: one page at a time, as fast as the client reads."""
-        assert self.sink is not None
-        self.sink.write(data)
-        while self.sink.paused:
+        sink = self.sink
+        assert sink is not None
+        sink.write(data)
+        while sink.paused and not self.closed:
             self.drained = asyncio.get_running_loop().create_future()
             await self.drained
