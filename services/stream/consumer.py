@@ -17,6 +17,7 @@ from aiormq.exceptions import ChannelLockedResource
 from pydantic import ValidationError
 
 from services.core import broker
+from services.core.broker import BROKER_ERRORS
 from services.core.events import UNREAD, NotificationBatch, UnreadChanged
 from services.core.metrics import DEAD_LETTERED
 from services.core.tenancy import Student
@@ -26,6 +27,7 @@ from services.stream.hub import Hub
 logger = logging.getLogger(__name__)
 
 PREFETCH = 256
+ACK_SECONDS = 0.01  # how long a handled message may wait to be acknowledged with others
 LOCKED_RETRY_SECONDS = 1.0
 LOCKED_RETRIES = 30
 
@@ -64,7 +66,52 @@ async def declare_node_queue(connection: AbstractRobustConnection, node_id: str)
     raise SystemExit(f"gradecast: queue {name} stays locked; is node {node_id} running twice?")
 
 
+def settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class Acknowledger:
+    """Acknowledges handled messages together: the newest, with multiple=True, once
+    ACK_SECONDS have passed since the first of them or a quarter of the prefetch window is
+    handled, whichever comes first. An ack frame for each message took a fifth of a node's
+    CPU under many small messages. A poison message's reject goes out at once, before any
+    ack that covers its tag."""
+
+    def __init__(self, window: int) -> None:
+        self.enough = max(1, window // 4)
+        self.newest: AbstractIncomingMessage | None = None
+        self.handled = 0
+        self.due: asyncio.Future[None] | None = None  # while an ack waits
+
+    async def ack(self, message: AbstractIncomingMessage) -> None:
+        self.newest = message
+        self.handled += 1
+        if self.due is None:
+            await self.ack_soon()
+        elif self.handled >= self.enough:
+            settle(self.due)
+
+    async def ack_soon(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.due = due = loop.create_future()
+        timer = loop.call_later(ACK_SECONDS, settle, due)
+        try:
+            await due
+        finally:
+            timer.cancel()
+            newest, self.newest, self.handled, self.due = self.newest, None, 0, None
+        if newest is None:
+            return
+        try:
+            await newest.ack(multiple=True)
+        except BROKER_ERRORS as error:  # its channel is gone, and its messages with it
+            logger.warning("could not acknowledge messages: %r", error)
+
+
 def message_handler(hub: Hub) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
+    acknowledger = Acknowledger(PREFETCH)
+
     async def handle(message: AbstractIncomingMessage) -> None:
         request_id.set(message.correlation_id)  # each message runs in a task of its own
         try:
@@ -82,6 +129,6 @@ def message_handler(hub: Hub) -> Callable[[AbstractIncomingMessage], Awaitable[N
             DEAD_LETTERED.inc()
             await message.reject(requeue=False)
             return
-        await message.ack()
+        await acknowledger.ack(message)
 
     return handle

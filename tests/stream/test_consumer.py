@@ -1,11 +1,19 @@
 """What a stream node does with what arrives on its queue."""
 
+import asyncio
+from collections.abc import Awaitable
+from typing import cast
+
 import aio_pika
 import httpx
 import orjson
+import pytest
+from aio_pika.abc import AbstractIncomingMessage
 
 from services.core.broker import DEAD_LETTER_QUEUE, EXCHANGE, routing_key, shard_of
 from services.core.tenancy import Student
+from services.stream import consumer
+from services.stream.consumer import Acknowledger
 from tests.conftest import Services
 from tests.support import (
     ServiceProcess,
@@ -73,3 +81,28 @@ async def test_a_nodes_log_lines_carry_the_publish_requests_id(
 
         await eventually(lambda: logged())
     assert "dead-lettered" in str(logged()[0]["message"])
+
+
+class Delivered:
+    """A message as the acknowledger sees it: what it was acknowledged with."""
+
+    def __init__(self, tag: int, acks: list[tuple[int, bool]]) -> None:
+        self.tag, self.acks = tag, acks
+
+    async def ack(self, multiple: bool = False) -> None:
+        self.acks.append((self.tag, multiple))
+
+
+async def test_messages_are_acknowledged_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    acks: list[tuple[int, bool]] = []
+    acknowledger = Acknowledger(window=16)
+
+    def handled(tag: int) -> Awaitable[None]:
+        return acknowledger.ack(cast(AbstractIncomingMessage, Delivered(tag, acks)))
+
+    await asyncio.gather(*(handled(tag) for tag in (1, 2, 3)))  # within ACK_SECONDS
+    assert acks == [(3, True)]
+    # A quarter of the window handled is acknowledged at once, whatever the time.
+    monkeypatch.setattr(consumer, "ACK_SECONDS", 3600)
+    await asyncio.wait_for(asyncio.gather(*(handled(tag) for tag in range(4, 8))), 5)
+    assert acks == [(3, True), (7, True)]
