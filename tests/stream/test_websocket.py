@@ -1,6 +1,7 @@
 """The WebSocket endpoint: the same events, replay and refusals as the SSE stream."""
 
 import asyncio
+import signal
 from typing import Any
 
 import httpx
@@ -9,7 +10,8 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from tests.support import ServiceProcess, grade_body, publish, token_for, unique
+from tests.conftest import Services
+from tests.support import ServiceProcess, eventually, grade_body, publish, token_for, unique
 
 
 def ws_url(node: ServiceProcess, student: str, query: str) -> str:
@@ -65,3 +67,37 @@ async def test_refusals_close_with_the_http_status_in_the_code(
         with pytest.raises(ConnectionClosed) as closed:
             await asyncio.wait_for(socket.recv(), 10)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == code
+
+
+async def test_a_closed_websocket_leaves_nothing_behind(
+    client: httpx.AsyncClient, node_a: ServiceProcess
+) -> None:
+    student = unique()
+
+    async def streams_open() -> int:
+        response = await client.get(f"{node_a.url}/connections")
+        count: int = response.json()["students"].get(student, 0)
+        return count
+
+    async with websockets.connect(ws_url(node_a, student, f"token={token_for(student)}")) as ws:
+        await receive(ws, "stats")
+        assert await streams_open() == 1
+
+    async def all_closed() -> bool:
+        return await streams_open() == 0
+
+    await eventually(all_closed)
+
+
+async def test_a_stopping_node_closes_its_websockets_with_service_restart(
+    services: Services,
+) -> None:
+    node = services.start("stream", "--node-id", unique("node"))
+    student = unique()
+    async with websockets.connect(ws_url(node, student, f"token={token_for(student)}")) as ws:
+        await receive(ws, "stats")
+        assert node.process is not None
+        node.process.send_signal(signal.SIGTERM)
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
