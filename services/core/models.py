@@ -84,8 +84,9 @@ class StudentSequence(Base):
 class OutboxMessage(Base):
     """A broker message committed with its notifications and deleted once RabbitMQ confirms
     it, so a grade that got a 201 is sent even if the broker was down at that moment. It
-    names the notifications (one shard's of one publish) rather than copy them: the
-    message is built after the commit, outside the students' row locks."""
+    names the notifications (one shard's of one publish) rather than carry a copy: the
+    publish statement encodes the message it sends, and the relay loop encodes it again
+    from the notifications."""
 
     __tablename__ = "outbox"
 

@@ -19,9 +19,9 @@ LISTEN_BACKLOG = 65_535
 
 
 class Server(uvicorn.Server):
-    """Tells the app when shutdown begins (app.state.drain), so that it can end its
-    long-lived streams: uvicorn waits for open responses to finish before the app would
-    otherwise hear of it."""
+    """Tells the app when shutdown begins (app.state.drain), so that it ends its streams at
+    once: uvicorn knows nothing of a stream once it has handed the connection over, and the
+    app's lifespan ends only after uvicorn has waited for the requests it still holds."""
 
     def __init__(self, app: FastAPI, config: uvicorn.Config) -> None:
         super().__init__(config)
