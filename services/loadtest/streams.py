@@ -6,8 +6,10 @@ import asyncio
 import os
 import signal
 from array import array
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from time import monotonic
+from typing import cast
 
 from services.core.tokens import mint_token
 from services.loadtest.report import percentile
@@ -34,7 +36,6 @@ from services.loadtest.wire import (
 )
 
 TICK_SECONDS = 0.25  # how often a worker publishes its counters
-READ_SIZE = 65536
 
 
 def retry_only(frames: list[Frame]) -> bool:
@@ -115,28 +116,21 @@ class Worker:
         student_id = f"lt-{plan.run_id}-{student}"
         token = mint_token(student_id, plan.secret, TOKEN_SECONDS)
         request = stream_request(where.netloc, where.path, student_id, token, plan.last_event_id)
-        started, parser, writer, held = monotonic(), StreamParser(), None, False
-        quiet = True  # nothing but `retry:` so far
+        started, held = monotonic(), False
+        client = StreamClient(request)
         try:
             try:
                 async with asyncio.timeout(plan.connect_timeout):
-                    reader, writer = await asyncio.open_connection(
-                        where.host, where.port, ssl=where.ssl
+                    await asyncio.get_running_loop().create_connection(
+                        lambda: client, where.host, where.port, ssl=where.ssl
                     )
-                    writer.write(request)
-                    while not (frames := parser.feed(data := await reader.read(READ_SIZE))):
-                        if parser.status not in (0, 200):
-                            return self.fail(f"status {parser.status}")
-                        if not data or parser.ended:
-                            return self.fail("closed early")
-                    if parser.status != 200:
-                        return self.fail(f"status {parser.status}")
+                    refused = await client.opened
             except TimeoutError:
                 return self.fail("timeout")
             except OSError:
-                return self.fail("connect" if writer is None else "closed early")
-            except ProtocolError:
-                return self.fail("protocol")
+                return self.fail("connect")
+            if refused is not None:
+                return self.fail(refused)
             held = True
             self.resolved += 1
             self.open_by_stream[stream] += 1
@@ -144,23 +138,17 @@ class Worker:
             received.held += 1
             received.last_held = monotonic()
             received.connect_seconds.append(received.last_held - started)
-            quiet = retry_only(frames)
-            last_id = self.deliver(frames, -1)
-            while not parser.ended and (data := await reader.read(READ_SIZE)):
-                frames = parser.feed(data)
-                quiet = quiet and retry_only(frames)
-                last_id = self.deliver(frames, last_id)
-        except (OSError, ProtocolError):
-            pass  # a held connection that broke: counted below
+            client.start(self.deliver)
+            await client.closed
         finally:
             if held:
                 self.open_by_stream[stream] -= 1
                 self.shared.open[student] -= 1
                 if not self.stopping:
-                    ended = "sent back" if quiet else "ended by the node"
-                    received.drops[ended if parser.ended else "broken"] += 1
-            if writer is not None:
-                writer.transport.abort()
+                    ended = "sent back" if client.quiet else "ended by the node"
+                    received.drops[ended if client.parser.ended else "broken"] += 1
+            if client.transport is not None:
+                client.transport.abort()
 
     def deliver(self, frames: list[Frame], last_id: int) -> int:
         """Counts the run's grades among the frames, matched to their publish request by
@@ -190,6 +178,76 @@ class Worker:
             if start := self.shared.starts[number]:
                 received.latencies.append(now - start)
         return last_id
+
+
+class StreamClient(asyncio.Protocol):
+    """One stream connection, parsed in data_received as its bytes arrive: a task woken for
+    every read would cost the load generator more than the node spends sending the frame.
+    `opened` resolves with the first frames: to None, or to why the stream did not open, as
+    the summary counts it. From start() on, frames go to the worker as they come, and
+    `closed` resolves when the stream ends."""
+
+    def __init__(self, request: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        self.request = request
+        self.parser = StreamParser()
+        self.transport: asyncio.Transport | None = None
+        self.opened: asyncio.Future[str | None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self.pending: list[Frame] = []  # frames that came before start()
+        self.deliver: Callable[[list[Frame], int], int] | None = None
+        self.last_id = -1
+        self.quiet = True  # nothing but `retry:` so far
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        transport.write(self.request)
+
+    def start(self, deliver: Callable[[list[Frame], int], int]) -> None:
+        self.deliver = deliver
+        self.received(self.pending)
+        self.pending = []
+
+    def data_received(self, data: bytes) -> None:
+        parser = self.parser
+        try:
+            frames = parser.feed(data)
+        except ProtocolError:
+            self.end("protocol")
+            return
+        if not self.opened.done():
+            if parser.status not in (0, 200) or (frames and parser.status != 200):
+                self.end(f"status {parser.status}")
+                return
+            if frames:
+                self.opened.set_result(None)
+            elif parser.ended:
+                self.end("closed early")
+                return
+        if self.deliver is None:
+            self.pending += frames
+        else:
+            self.received(frames)
+        if parser.ended:
+            self.end("closed early")
+
+    def received(self, frames: list[Frame]) -> None:
+        assert self.deliver is not None
+        if frames:
+            self.quiet = self.quiet and retry_only(frames)
+            self.last_id = self.deliver(frames, self.last_id)
+
+    def end(self, refused: str) -> None:
+        """The stream is over: if it never opened, it was refused."""
+        if not self.opened.done():
+            self.opened.set_result(refused)
+        if not self.closed.done():
+            self.closed.set_result(None)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.end("closed early")
 
 
 def child_main(plan: Plan, shared: Shared, results: Connection) -> None:
