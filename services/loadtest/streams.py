@@ -201,7 +201,7 @@ class StreamClient(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-        transport.write(self.request)
+        self.transport.write(self.request)
 
     def start(self, deliver: Callable[[list[Frame], int], int]) -> None:
         self.deliver = deliver
