@@ -163,6 +163,18 @@ def test_broadcast_from_two_processes_accounts_for_every_delivery(
     assert_ordered(deliveries["latency_ms"])
 
 
+def test_refused_streams_and_publishes_are_counted_by_their_status(
+    publisher: ServiceProcess, node_a: ServiceProcess
+) -> None:
+    wrong = ["--key", "not-a-publisher-key", "--jwt-secret", "not-the-secret-" * 4]
+    options = ["--connections", "5", "--publishes", "3", "--rate", "10", *wrong]
+    summary = loadtest(publisher, [node_a], *options)
+    assert summary["connections"]["held"] == 0
+    assert summary["connections"]["failures"] == {"status 401": 5}
+    assert summary["publishing"]["failures"] == {"status 401": 3}
+    assert summary["deliveries"]["received"] == summary["deliveries"]["expected"] == 0
+
+
 def test_replay_brings_every_grade_published_while_offline(
     publisher: ServiceProcess, node_a: ServiceProcess
 ) -> None:
