@@ -19,7 +19,9 @@ from services.web.errors import Forbidden, TooManyRequests, Unauthorized
 TOKEN_COOKIE = "gradecast_token"
 bearer = HTTPBearer(auto_error=False, description="A student token (JWT)")
 
-StudentIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$")]
+STUDENT_ID = r"^[A-Za-z0-9._:@-]+$"
+MAX_STUDENT_ID = 128
+StudentIdPath = Annotated[str, Path(min_length=1, max_length=MAX_STUDENT_ID, pattern=STUDENT_ID)]
 
 
 async def offered_token(

@@ -234,6 +234,18 @@ async def test_stream_refuses_missing_invalid_and_foreign_tokens(
     assert missed.status_code == 401
 
 
+async def test_stream_refuses_a_malformed_student_id_with_422(
+    client: httpx.AsyncClient, node_a: ServiceProcess
+) -> None:
+    token = token_for(unique())  # valid, for another student: the id is checked first
+    for student in ("has space", "x" * 129):
+        url = f"{node_a.url}/notifications/stream/{student}"
+        response = await client.get(url, params={"token": token})
+        assert response.status_code == 422, (student, response.text)
+        assert response.json()["error"]["code"] == "invalid_request"
+        assert "student_id" in response.json()["error"]["message"]
+
+
 async def test_missed_pages_through_what_was_retained(
     client: httpx.AsyncClient, publisher: ServiceProcess, node_b: ServiceProcess
 ) -> None:
