@@ -63,8 +63,10 @@ def of_student(student: Student) -> tuple[ColumnElement[bool], ColumnElement[boo
 
 class Positions:
     """Each student's newest sequence number (0 before their first notification) and unread
-    count, read with one query for all the streams that open in the same turn of the event
-    loop: a burst of connections costs a round trip, not one each (nor the pool)."""
+    count, read with one query for all the streams that open together: those of the same turn
+    of the event loop, and, while a read is in flight, all that open meanwhile, read next. A
+    burst of connections costs a few round trips, not one each (nor the pool), and the busier
+    the node, the more students a query reads."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -75,17 +77,23 @@ class Positions:
         future = self.waiting.get(student)
         if future is None:
             loop = asyncio.get_running_loop()
-            if not self.waiting:  # the first of this turn: read them all when it ends
+            if not self.waiting and not self.reading:  # read them all when this turn ends
                 loop.call_soon(self.read_waiting)
             future = self.waiting[student] = loop.create_future()
         # Shielded: one client leaving must not cancel a read that others wait for.
         return await asyncio.shield(future)
 
     def read_waiting(self) -> None:
+        if not self.waiting:
+            return
         batch, self.waiting = self.waiting, {}
         task = asyncio.get_running_loop().create_task(self.load(batch))
         self.reading.add(task)
-        task.add_done_callback(self.reading.discard)
+        task.add_done_callback(self.read_done)
+
+    def read_done(self, task: "asyncio.Task[None]") -> None:
+        self.reading.discard(task)
+        self.read_waiting()  # those that came while it read
 
     async def load(self, batch: dict[Student, asyncio.Future[tuple[int, int]]]) -> None:
         params = {

@@ -1,4 +1,5 @@
-"""Positions: one query for every stream that opens in the same turn of the event loop."""
+"""Positions: one query for every stream that opens in the same turn of the event loop, or
+while the last query was on its way."""
 
 import asyncio
 
@@ -35,6 +36,27 @@ async def test_a_burst_of_reads_costs_one_query_and_each_gets_its_own_answer(
     assert answers[:5] == [(10, 1), (20, 2), (30, 3), (40, 4), (50, 5)]
     assert set(answers[5:-1]) == {(0, 0)} and answers[-1] == (10, 1)
     assert sum("student_sequences" in statement for statement in statements) == 1
+
+
+async def test_reads_that_come_while_one_is_in_flight_are_read_next_together(
+    db: AsyncEngine,
+) -> None:
+    statements: list[str] = []
+    event.listen(db.sync_engine, "before_cursor_execute",
+                 lambda *args: statements.append(args[2]))  # fmt: skip
+    positions = Positions(db)
+    async with db.begin() as blocker:  # holds the first read in flight until it commits
+        await blocker.execute(text("LOCK TABLE student_sequences IN ACCESS EXCLUSIVE MODE"))
+        first = asyncio.create_task(positions.read(Student("default", unique())))
+        await asyncio.sleep(0.05)
+        assert positions.reading  # on its way, and held there by the lock
+        later = []
+        for _ in range(10):  # each in a turn of the event loop of its own
+            later.append(asyncio.create_task(positions.read(Student("default", unique()))))
+            await asyncio.sleep(0.01)
+    assert await asyncio.gather(first, *later) == [(0, 0)] * 11
+    reads = [statement for statement in statements if "wanted(tenant_id" in statement]
+    assert len(reads) == 2
 
 
 async def test_a_reader_that_leaves_does_not_cancel_the_others(db: AsyncEngine) -> None:
