@@ -93,7 +93,8 @@ class Positions:
 
     def read_done(self, task: "asyncio.Task[None]") -> None:
         self.reading.discard(task)
-        self.read_waiting()  # those that came while it read
+        if not task.cancelled():  # cancelled: the loop is shutting down, start nothing new
+            self.read_waiting()  # those that came while it read
 
     async def load(self, batch: dict[Student, asyncio.Future[tuple[int, int]]]) -> None:
         params = {
