@@ -18,10 +18,11 @@ from pydantic import ValidationError
 
 from services.core import broker
 from services.core.broker import BROKER_ERRORS
-from services.core.events import UNREAD, NotificationBatch, UnreadChanged
+from services.core.events import UNREAD, UnreadChanged
 from services.core.metrics import DEAD_LETTERED
 from services.core.tenancy import Student
 from services.logs import request_id
+from services.stream.batches import MalformedBatch, read_batch
 from services.stream.hub import Hub
 
 logger = logging.getLogger(__name__)
@@ -119,11 +120,8 @@ def message_handler(hub: Hub) -> Callable[[AbstractIncomingMessage], Awaitable[N
                 change = UnreadChanged.model_validate_json(message.body)
                 hub.unread_changed(Student(change.tenant_id, change.student_id), change.unread)
             else:
-                batch = NotificationBatch.model_validate_json(message.body)
-                for notification in batch.notifications:
-                    unread = batch.unread.get(notification.student_id)
-                    hub.dispatch(batch.tenant_id, notification, unread)
-        except ValidationError as error:
+                hub.deliver(read_batch(message.body))
+        except (ValidationError, MalformedBatch) as error:
             # Poison: to the dead-letter queue for operators, and go on.
             logger.error("dead-lettered message %s: %s", message.message_id, error)
             DEAD_LETTERED.inc()

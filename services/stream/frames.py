@@ -1,6 +1,7 @@
 """Server-Sent Events frames, encoded once and shared by every stream they go to."""
 
 from datetime import datetime
+from typing import Any
 
 import orjson
 
@@ -10,9 +11,15 @@ KEEPALIVE = b": keepalive\n\n"
 
 
 def encode_event(notification: NotificationPublic) -> bytes:
-    """The JSON is one line, so no content of a grade can split or forge a frame."""
-    data = notification.model_dump_json()
-    return f"id: {notification.id}\nevent: grade\ndata: {data}\n\n".encode()
+    return encode_grade(notification.seq, notification.model_dump(by_alias=True))
+
+
+def encode_grade(seq: int, fields: dict[str, Any]) -> bytes:
+    """A grade's frame from its wire fields (NotificationPublic's, by alias), written as
+    pydantic writes the model (times in UTC end in Z), but several times faster. The JSON is
+    one line, so no content of a grade can split or forge a frame."""
+    data = orjson.dumps(fields, option=orjson.OPT_UTC_Z)
+    return b"id: %d\nevent: grade\ndata: %b\n\n" % (seq, data)
 
 
 def encode_retry(milliseconds: int) -> bytes:

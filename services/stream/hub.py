@@ -7,11 +7,11 @@ import asyncio
 import time
 
 from services.core.broker import shard_of
-from services.core.events import NotificationPublic
 from services.core.metrics import PUBLISH_TO_DELIVER
 from services.core.tenancy import Student
+from services.stream.batches import LiveGrade
 from services.stream.bindings import ShardBindings
-from services.stream.frames import KEEPALIVE, encode_event, encode_stats
+from services.stream.frames import KEEPALIVE, encode_grade, encode_stats
 from services.stream.subscriber import Frame, Subscriber
 
 
@@ -73,16 +73,21 @@ class Hub:
             if not streams:
                 del self.students[subscriber.student]
 
-    def dispatch(
-        self, tenant_id: str, notification: NotificationPublic, unread: int | None = None
-    ) -> None:
-        student = Student(tenant_id, notification.student_id)
-        if student not in self.students:
-            return  # another student of a shard this node serves
-        PUBLISH_TO_DELIVER.observe(time.time() - notification.published_at.timestamp())
-        self.push(student, (notification.seq, encode_event(notification)))
-        if unread is not None:
-            self.push(student, (None, encode_stats(unread)))
+    def deliver(self, grades: list[LiveGrade]) -> None:
+        """Pushes a broker message's grades, each with its student's new unread count, to
+        the streams this node holds for their students: the others are students of a shard
+        this node serves. The latency is observed once a message, with its first grade's
+        publishedAt: once a grade, the histogram cost a node a tenth of a delivery."""
+        delivered = False
+        for grade in grades:
+            if grade.student in self.students:
+                delivered = True
+                self.push(grade.student, (grade.seq, encode_grade(grade.seq, grade.fields)))
+                if grade.unread is not None:
+                    self.push(grade.student, (None, encode_stats(grade.unread)))
+        if delivered:
+            published = grades[0].fields["publishedAt"].timestamp()
+            PUBLISH_TO_DELIVER.observe(time.time() - published)
 
     def unread_changed(self, student: Student, unread: int) -> None:
         self.push(student, (None, encode_stats(unread)))

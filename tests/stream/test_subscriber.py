@@ -8,8 +8,9 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.core.broker import shard_of
-from services.core.events import NotificationPublic
+from services.core.events import NotificationBatch, NotificationPublic
 from services.core.tenancy import Student
+from services.stream.batches import LiveGrade, read_batch
 from services.stream.bindings import ShardBindings
 from services.stream.frames import KEEPALIVE
 from services.stream.hub import Hub, NodeFull, TooManyConnections
@@ -64,6 +65,13 @@ def grade_for(student_id: str, seq: int = 1) -> NotificationPublic:
         assignment_title=None,
         published_at=datetime(2025, 3, 1, tzinfo=UTC),
     )
+
+
+def message(*grades: NotificationPublic, unread: int | None = None) -> list[LiveGrade]:
+    """The grades of a broker message, as the node's consumer reads them."""
+    counts = {grade.student_id: unread for grade in grades} if unread is not None else {}
+    batch = NotificationBatch(tenant_id="default", notifications=list(grades), unread=counts)
+    return read_batch(batch.model_dump_json().encode())
 
 
 class RecordingSink:
@@ -188,11 +196,11 @@ async def test_a_stream_closed_before_it_started_ends_at_the_start() -> None:
     assert sink.ended == "shutdown" and not sink.written
 
 
-async def test_dispatch_flushes_each_stream_once_after_the_message() -> None:
+async def test_delivery_flushes_each_stream_once_after_the_message() -> None:
     hub, _ = make_hub()
     sink = started(await hub.subscribe(student("student-1")))
-    hub.dispatch("default", grade_for("student-1", seq=1), unread=1)
-    hub.dispatch("default", grade_for("student-1", seq=2), unread=2)
+    hub.deliver(message(grade_for("student-1", seq=1), unread=1))
+    hub.deliver(message(grade_for("student-1", seq=2), unread=2))
     assert not sink.written  # flushed once the current callback is done
     await asyncio.sleep(0)
     assert len(sink.written) == 1
@@ -200,13 +208,13 @@ async def test_dispatch_flushes_each_stream_once_after_the_message() -> None:
     assert sink.written[0].endswith(b'event: stats\ndata: {"unread":2}\n\n')
 
 
-async def test_dispatch_shares_one_frame_among_a_students_streams() -> None:
+async def test_delivery_shares_one_frame_among_a_students_streams() -> None:
     hub, bindings = make_hub()
     first = await hub.subscribe(student("student-1"))
     second = await hub.subscribe(student("student-1"))
     other = await hub.subscribe(student("student-2"))
 
-    hub.dispatch("default", grade_for("student-1", seq=5))
+    hub.deliver(message(grade_for("student-1", seq=5)))
 
     (seq_a, frame_a), (seq_b, frame_b) = first.frames[0], second.frames[0]
     assert seq_a == seq_b == 5
@@ -220,10 +228,10 @@ async def test_dispatch_shares_one_frame_among_a_students_streams() -> None:
     assert bindings.acquired == expected
 
 
-async def test_dispatch_to_a_student_with_no_stream_is_dropped() -> None:
+async def test_delivery_to_a_student_with_no_stream_is_dropped() -> None:
     hub, _ = make_hub()
     other = await hub.subscribe(student("student-2"))
-    hub.dispatch("default", grade_for("student-1"))
+    hub.deliver(message(grade_for("student-1")))
     assert not other.frames
     assert hub.counts() == {"student-2": 1}
 
