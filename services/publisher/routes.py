@@ -34,7 +34,7 @@ REQUEST_BODY = {
 @router.post(
     "/grades/publish",
     status_code=201,
-    response_model=PublishResult,  # written by store_grades, already encoded
+    response_model=PublishResult,  # encoded by Stored.answer()
     openapi_extra={"requestBody": REQUEST_BODY},
     responses={
         401: {"description": "No valid publisher key"},
@@ -65,4 +65,4 @@ async def publish_grades(
     PUBLISHED.inc(stored.count)
     await relay.send_now(stored.outgoing)
     headers = {"Idempotent-Replayed": "true"} if stored.replayed else None
-    return Response(stored.answer, 201, headers, media_type="application/json")
+    return Response(stored.answer(), 201, headers, media_type="application/json")

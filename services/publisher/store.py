@@ -62,10 +62,18 @@ PUBLISH = text(f"""
 
 @dataclass(frozen=True)
 class Stored:
-    answer: bytes  # the PublishResult (services.core.events), encoded
     count: int  # notifications stored: none when replayed
     outgoing: list[Outgoing]
+    recipients: list[str]
+    rows: Sequence[Row[Any]]
+    encoded: bytes | None = None  # the answer, if it had to be encoded in the transaction
     replayed: bool = False
+
+    def answer(self) -> bytes:
+        """The PublishResult (services.core.events), encoded: after the commit and the
+        messages when it can be, since the grades do not wait for it (for 10,000 students,
+        tens of milliseconds)."""
+        return self.encoded or answer_of(self.recipients, self.rows)
 
 
 async def store_grades(
@@ -83,12 +91,13 @@ async def store_grades(
         if idempotency is not None:
             earlier = await idempotency.claim(connection, retention_seconds)
             if earlier is not None:
-                return Stored(orjson.dumps(earlier), 0, [], replayed=True)
+                return Stored(0, [], [], [], orjson.dumps(earlier), replayed=True)
         rows = await insert_notifications(connection, publish, recipients, publisher, shards)
-        answer = answer_of(recipients, rows)
+        encoded = None
         if idempotency is not None:
-            await idempotency.remember(connection, answer)
-    return Stored(answer, len(recipients), messages_of(rows))
+            encoded = answer_of(recipients, rows)
+            await idempotency.remember(connection, encoded)
+    return Stored(len(recipients), messages_of(rows), recipients, rows, encoded)
 
 
 def answer_of(recipients: list[str], rows: Sequence[Row[Any]]) -> bytes:
