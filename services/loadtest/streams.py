@@ -34,6 +34,7 @@ from services.loadtest.wire import (
     stream_request,
     target,
 )
+from services.memory import settle_after_startup
 
 TICK_SECONDS = 0.25  # how often a worker publishes its counters
 
@@ -60,6 +61,7 @@ class Worker:
 
     async def run(self) -> Received:
         received, shared = self.received, self.shared
+        settle_after_startup()
         received.rss_before_kib = rss_kib(os.getpid())
         indexes = self.plan.indexes()
         tasks: set[asyncio.Task[None]] = set()

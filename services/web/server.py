@@ -2,6 +2,7 @@
 connection to the app), and a shutdown that lets long-lived streams end first."""
 
 import asyncio
+import socket
 from collections.abc import Callable
 from types import FrameType
 
@@ -9,6 +10,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from services.core.settings import Settings
+from services.memory import settle_after_startup
 from services.web.handover import HandoverProtocol
 
 GRACEFUL_SHUTDOWN_SECONDS = 5
@@ -26,6 +28,10 @@ class Server(uvicorn.Server):
     def __init__(self, app: FastAPI, config: uvicorn.Config) -> None:
         super().__init__(config)
         self.app = app
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        settle_after_startup()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         drain = getattr(self.app.state, "drain", None)
