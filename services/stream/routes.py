@@ -2,14 +2,11 @@
 
 import asyncio
 import logging
-import re
-from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 import aio_pika
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
-from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials
 
 from services.core.broker import BROKER_ERRORS, routing_key, shard_of
@@ -30,6 +27,7 @@ from services.stream.auth import (
 from services.stream.history import mark_read, notifications_of
 from services.stream.hub import NodeFull, TooManyConnections
 from services.stream.sse import EventStream, RetryLater
+from services.web.direct import check, resolved_by
 from services.web.errors import InvalidRequest, NotFound, TooManyRequests, Unauthorized
 from services.web.operators import OperatorOnly
 
@@ -58,23 +56,9 @@ class Connections(CamelModel):
     students: dict[str, int]
 
 
-class StreamRoute(APIRoute):
-    """Opens a stream without FastAPI's dependency solving, which cost a node more per
-    connect than the rest of opening the stream (bench/RESULTS.md). The endpoint's signature
-    still documents the route; open_stream resolves the same parameters, in the same order,
-    by calling the functions that are its dependencies, then calls the endpoint."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        return open_stream
-
-
-def check(name: str, value: str | None, pattern: str, max_length: int) -> None:
-    """What FastAPI's Path, Header and Query checks would refuse, with a 422 naming it."""
-    if value is not None and (len(value) > max_length or not re.fullmatch(pattern, value)):
-        raise InvalidRequest(f"{name}: should match the pattern '{pattern}'")
-
-
 async def open_stream(request: Request) -> Response:
+    """stream_notifications' resolver (services.web.direct): FastAPI's dependency solving
+    cost a node more per connect than the rest of opening the stream."""
     await limit_connects(request)
     token = await offered_token(
         await bearer(request), request.query_params.get("token"), request.cookies.get(TOKEN_COOKIE)
@@ -129,7 +113,7 @@ router.add_api_route(
     "/notifications/stream/{student_id}",
     stream_notifications,
     methods=["GET"],
-    route_class_override=StreamRoute,
+    route_class_override=resolved_by(open_stream),
     response_class=EventStream,
     status_code=200,  # FastAPI cannot read it from EventStream's constructor
     responses={
