@@ -21,9 +21,10 @@ LISTEN_BACKLOG = 65_535
 
 
 class Server(uvicorn.Server):
-    """Tells the app when shutdown begins (app.state.drain), so that it ends its streams at
-    once: uvicorn knows nothing of a stream once it has handed the connection over, and the
-    app's lifespan ends only after uvicorn has waited for the requests it still holds."""
+    """Settles the collector once started (services.memory), and tells the app when
+    shutdown begins (app.state.drain), so that it ends its streams at once: uvicorn knows
+    nothing of a stream once it has handed the connection over, and the app's lifespan
+    ends only after uvicorn has waited for the requests it still holds."""
 
     def __init__(self, app: FastAPI, config: uvicorn.Config) -> None:
         super().__init__(config)
