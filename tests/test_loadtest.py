@@ -3,9 +3,11 @@ parser fed a byte stream cut anywhere."""
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -201,12 +203,14 @@ def test_node_memory_is_measured_per_connection(
     assert summary["deliveries"]["received"] == summary["deliveries"]["expected"] == 5
 
 
-def test_ctrl_c_stops_the_run_and_still_prints_the_summary(
-    publisher: ServiceProcess, node_a: ServiceProcess
-) -> None:
-    options = ["--connections", "20", "--publishes", "100000", "--rate", "20", "--duration", "60"]
+def interrupted(
+    publisher: ServiceProcess, node: ServiceProcess, streams: int, *args: str
+) -> tuple[Any, Counter[str]]:
+    """A long run stopped with Ctrl-C once its streams are open: its summary, and the local
+    addresses its streams came from, read from the kernel's table while they were open."""
+    options = ["--connections", str(streams), "--publishes", "100000", "--rate", "20"]
     run = subprocess.Popen(
-        command(publisher, [node_a], "--quiet", *options),
+        command(publisher, [node], "--quiet", *options, "--duration", "60", *args),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -214,11 +218,12 @@ def test_ctrl_c_stops_the_run_and_still_prints_the_summary(
     )
     try:
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:  # until its 20 connections are open
-            students = httpx.get(f"{node_a.url}/connections", timeout=5).json()["students"]
-            if sum(n for s, n in students.items() if s.startswith("lt-")) == 20:
+        while time.monotonic() < deadline:  # until its connections are open
+            students = httpx.get(f"{node.url}/connections", timeout=5).json()["students"]
+            if sum(n for s, n in students.items() if s.startswith("lt-")) == streams:
                 break
             time.sleep(0.1)
+        sources = sources_towards(node.port)
         time.sleep(1)
         run.send_signal(signal.SIGINT)
         stdout, stderr = run.communicate(timeout=60)
@@ -227,7 +232,48 @@ def test_ctrl_c_stops_the_run_and_still_prints_the_summary(
             run.kill()
             run.wait()
     assert run.returncode == 0, stderr
-    summary = json.loads(stdout)
+    return json.loads(stdout), sources
+
+
+def sources_towards(port: int | None) -> Counter[str]:
+    """Local IPv4 addresses of the established connections to `port`, from /proc/net/tcp."""
+    sources: Counter[str] = Counter()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, remote, state = line.split()[1:4]
+        if state == "01" and int(remote.split(":")[1], 16) == port:
+            address = bytes.fromhex(local.split(":")[0])[::-1]  # stored little-endian
+            sources[socket.inet_ntoa(address)] += 1
+    return sources
+
+
+def test_ctrl_c_stops_the_run_and_still_prints_the_summary(
+    publisher: ServiceProcess, node_a: ServiceProcess
+) -> None:
+    summary, _ = interrupted(publisher, node_a, 20)
     assert summary["interrupted"] is True
     assert summary["connections"]["held"] == 20
     assert 0 < summary["publishing"]["requests"] < 100_000
+
+
+def test_streams_open_from_each_source_address_in_turn(
+    publisher: ServiceProcess, node_a: ServiceProcess
+) -> None:
+    addresses = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+    summary, sources = interrupted(publisher, node_a, 30, "--source-address", *addresses)
+    assert summary["connections"]["held"] == 30
+    assert {address: sources[address] for address in addresses} == dict.fromkeys(addresses, 10)
+
+
+def test_a_source_address_that_is_no_address_is_refused_by_name(
+    publisher: ServiceProcess, node_a: ServiceProcess
+) -> None:
+    result = subprocess.run(
+        command(publisher, [node_a], "--source-address", "127.0.0.2", "lab-host"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0 and result.stdout == ""
+    assert "--source-address is not an IP address: lab-host" in result.stderr

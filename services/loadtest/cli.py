@@ -2,6 +2,7 @@
 that registering it costs the other commands nothing."""
 
 import argparse
+import ipaddress
 import json
 import os
 import re
@@ -41,6 +42,7 @@ class Options:
     concurrency: int
     node_pids: tuple[int, ...]
     processes: int
+    sources: tuple[str, ...]
     json: str | None
     quiet: bool
     run_id: str | None
@@ -137,6 +139,18 @@ def add_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]"
         help="names this run's students (lt-ID-N) and grades, 1-32 letters and digits, so that "
         "their history can be prepared beforehand; default: a random one",
     )
+    add(
+        "--source-address",
+        dest="sources",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="ADDR",
+        help="local addresses to open streams from, in turn; default: the one the system picks. "
+        "One address reaches one stream URL from about 28,000 ports (ip_local_port_range), and "
+        "the kernel's search for a free one slows as they fill: give several for more than a "
+        "few thousand streams to one URL (on a loopback run, any of 127.0.0.0/8)",
+    )
     add("--json", metavar="PATH", help="also write the summary here")
     add("--quiet", action="store_true", help="no progress line on stderr")
     loadtest.set_defaults(run=run_loadtest)
@@ -157,6 +171,11 @@ def options_from(args: argparse.Namespace) -> Options:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             sys.exit(f"gradecast loadtest: not an http(s) URL: {url}")
+    for source in args.sources:
+        try:
+            ipaddress.ip_address(source)
+        except ValueError:
+            sys.exit(f"gradecast loadtest: --source-address is not an IP address: {source}")
     return Options(
         publisher=args.publisher,
         streams=list(args.streams),
@@ -175,6 +194,7 @@ def options_from(args: argparse.Namespace) -> Options:
         concurrency=args.concurrency,
         node_pids=tuple(args.node_pids),
         processes=min(args.processes, MAX_PROCESSES, students),
+        sources=tuple(args.sources),
         json=args.json,
         quiet=args.quiet,
         run_id=args.run_id,

@@ -139,6 +139,7 @@ async def main(options: Options) -> dict[str, Any]:
             students=students,
             ramp_per_second=options.ramp_per_second / workers,
             connect_timeout=options.connect_timeout,
+            sources=options.sources,
             last_event_id="0" if replay else None,
         )
         for worker in range(workers)

@@ -34,6 +34,7 @@ class Plan:
     students: int
     ramp_per_second: float  # this worker's share of the rate
     connect_timeout: float  # seconds from connecting to the first frame
+    sources: tuple[str, ...] = ()  # local addresses to connect from, in turn
     last_event_id: str | None = None
 
     def indexes(self) -> list[int]:

@@ -31,6 +31,8 @@ from services.loadtest.wire import (
     Frame,
     ProtocolError,
     StreamParser,
+    address_of,
+    connected_socket,
     stream_request,
     target,
 )
@@ -49,6 +51,13 @@ class Worker:
     def __init__(self, plan: Plan, shared: Shared) -> None:
         self.plan, self.shared = plan, shared
         self.targets = [target(url) for url in plan.streams]
+        # Connection i opens from source (i // streams) % sources, so that every stream URL
+        # is reached from every source.
+        self.addresses = {
+            (stream, source): address_of(where, source)
+            for stream, where in enumerate(self.targets)
+            for source in plan.sources
+        }
         self.marker = f'"assignmentId":"lt-{plan.run_id}-'.encode()
         per_request = array("i", bytes(4 * len(shared.starts)))
         self.received = Received(open_by_stream=[0] * len(plan.streams), per_request=per_request)
@@ -123,9 +132,7 @@ class Worker:
         try:
             try:
                 async with asyncio.timeout(plan.connect_timeout):
-                    await asyncio.get_running_loop().create_connection(
-                        lambda: client, where.host, where.port, ssl=where.ssl
-                    )
+                    await self.connect(client, index)
                     refused = await client.opened
             except TimeoutError:
                 return self.fail("timeout")
@@ -151,6 +158,20 @@ class Worker:
                     received.drops[ended if client.parser.ended else "broken"] += 1
             if client.transport is not None:
                 client.transport.abort()
+
+    async def connect(self, client: "StreamClient", index: int) -> None:
+        loop, sources = asyncio.get_running_loop(), self.plan.sources
+        stream = index % len(self.targets)
+        where = self.targets[stream]
+        if not sources:
+            await loop.create_connection(lambda: client, where.host, where.port, ssl=where.ssl)
+            return
+        source = sources[index // len(self.targets) % len(sources)]
+        sock = await connected_socket(source, self.addresses[stream, source])
+        hostname = where.host if where.ssl else None
+        await loop.create_connection(
+            lambda: client, sock=sock, ssl=where.ssl, server_hostname=hostname
+        )
 
     def deliver(self, frames: list[Frame], last_id: int) -> int:
         """Counts the run's grades among the frames, matched to their publish request by

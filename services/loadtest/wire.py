@@ -1,13 +1,19 @@
-"""What goes over a stream connection: the student's token, the address, the request, and
-an incremental parser of the answer: status line, headers, a chunked or plain body, and the
-SSE frames in it, fed whatever pieces the socket gives."""
+"""What goes over a stream connection: the address, the socket, the request, and an
+incremental parser of the answer: status line, headers, a chunked or plain body, and the SSE
+frames in it, fed whatever pieces the socket gives."""
 
+import asyncio
+import ipaddress
+import socket
 import ssl
 from dataclasses import dataclass
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
 TOKEN_SECONDS = 3600
+# Linux's IP_BIND_ADDRESS_NO_PORT (named by Python from 3.12): a socket bound to an address
+# gets its port at connect(), where the port need only be free towards that one target.
+BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 MAX_HEAD = 64 * 1024  # bytes of status line and headers
 MAX_LINE = 1024 * 1024  # bytes of one SSE line (a grade is a few hundred)
 HEAD, CHUNK_SIZE, CHUNK, CHUNK_END, PLAIN, DONE = range(6)
@@ -44,6 +50,33 @@ def target(url: str) -> Target:
     context = ssl.create_default_context() if secure else None
     port = parts.port or (443 if secure else 80)
     return Target(parts.hostname, port, parts.path.rstrip("/"), context, parts.netloc)
+
+
+def address_of(where: Target, source: str) -> tuple[str, int]:
+    """The target's address in the source's family, resolved once rather than per stream."""
+    family = socket.AF_INET6 if ipaddress.ip_address(source).version == 6 else socket.AF_INET
+    try:
+        found = socket.getaddrinfo(where.host, where.port, family, socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        message = f"gradecast loadtest: no address of {where.host} for {source}: {error}"
+        raise SystemExit(message) from None
+    host, port = found[0][4][:2]
+    return str(host), int(port)
+
+
+async def connected_socket(source: str, address: tuple[str, int]) -> socket.socket:
+    """A socket connected from the local address `source` to `address`."""
+    family = socket.AF_INET6 if ipaddress.ip_address(source).version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_IP, BIND_ADDRESS_NO_PORT, 1)
+        sock.bind((source, 0))
+        await asyncio.get_running_loop().sock_connect(sock, address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class ProtocolError(Exception):
