@@ -32,6 +32,7 @@ class Published:
     ok: int = 0
     failures: Counter[str] = field(default_factory=Counter)  # "status 429", "TimeoutError", ...
     latencies: "array[float]" = field(default_factory=lambda: array("d"))  # seconds, answered ones
+    sent_at: "array[float]" = field(default_factory=lambda: array("d"))  # theirs, monotonic()
     expected: int = 0  # deliveries: open connections of the recipients, summed over 201s
     stored: int = 0  # notifications, the sum of the 201 answers' count
     first_start: float = 0.0
@@ -134,6 +135,7 @@ class Publisher:
             raise
         answered = monotonic()
         published.latencies.append(answered - started)
+        published.sent_at.append(started)
         published.last_answer = max(published.last_answer, answered)
         if status != 201:
             published.failures[f"status {status}"] += 1

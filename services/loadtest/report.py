@@ -3,7 +3,8 @@
 import asyncio
 import math
 import sys
-from collections import Counter
+import time
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -61,6 +62,23 @@ class Progress:
                 self.out.write("\n")
 
 
+def timeline(published: "Published") -> list[dict[str, Any]]:
+    """Answered requests by the second they were sent in, from the first request's: how
+    latency moved through the run (a purge, a restart), which the whole run's figures hide."""
+    seconds: defaultdict[int, list[float]] = defaultdict(list)
+    for sent, latency in zip(published.sent_at, published.latencies, strict=True):
+        seconds[int(sent - published.first_start)].append(latency)
+    return [
+        {"second": second, "requests": len(sent), "latency_ms": milliseconds(sent, (0.5, 0.99))}
+        for second, sent in sorted(seconds.items())
+    ]
+
+
+def wall_clock(moment: float) -> float:
+    """A time.monotonic() reading as Unix time, for other tools to line up with."""
+    return round(time.time() - (time.monotonic() - moment), 3)
+
+
 def rss_growth(before: int | None, held: int | None, connections: int) -> float | None:
     """Bytes of resident memory per connection, from two VmRSS readings in KiB."""
     if before is None or held is None or connections <= 0:
@@ -115,6 +133,8 @@ def summarize(
             "latency_ms": milliseconds(published.latencies, (0.5, 0.99)),
             "stored": published.stored,
             "stored_per_second": per_second(published.stored, window),
+            "started_at": wall_clock(published.first_start) if published.first_start else None,
+            "timeline": timeline(published),
         },
         "deliveries": {
             "expected": published.expected,
