@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
+from typing import Any
 
 import httpx
 from processes import DATABASE, ENV, GRADECAST, LOGS, PUBLISHER_URL, ROOT, loadtest_running
@@ -88,6 +89,19 @@ def purge() -> tuple[float, int]:
     return float(timed.group(1)) if timed else took, int(found.group(1)) if found else -1
 
 
+def slowest_between(publishing: dict[str, Any], start: float, end: float) -> float:
+    """The slowest publish sent in a second of the run that overlaps [start, end] (Unix
+    time): the run's own maximum would count its first requests too, which meet a cold pool
+    and plans before any purge."""
+    began = publishing["started_at"]
+    overlapping = [
+        second["latency_ms"]["max"]
+        for second in publishing["timeline"]
+        if began + second["second"] < end and began + second["second"] + 1 > start
+    ]
+    return max(overlapping, default=float("inf"))
+
+
 def scenario(scale: float) -> Scenario:
     students = min(STUDENTS, max(1, int(ROWS * scale)))
     rows = students * max(1, int(ROWS * scale) // students)
@@ -104,16 +118,21 @@ def scenario(scale: float) -> Scenario:
         with loadtest_running(pid, options) as summaries:
             await_publishing(before)
             time.sleep(2)  # publishing well under way before the purge starts
+            purge_started = time.time()
             seconds, purged = purge()
+            purge_ended = time.time()
             time.sleep(1)
         publishing = summaries[0]["publishing"]
-        slowest, rate = publishing["latency_ms"]["max"], publishing["requests_per_second"]
+        slowest = slowest_between(publishing, purge_started, purge_ended)
+        whole, rate = publishing["latency_ms"]["max"], publishing["requests_per_second"]
         return [
             (f"purge of {rows:,} expired (s)", f"<= {target:g}", round(seconds, 1),
              seconds <= target),
             ("rows purged", f"all of {rows:,}", purged, purged == rows),
             (f"slowest publish meanwhile (ms), at {RATE}/s offered", f"<= {LATENCY_MS:g}",
              round(slowest, 1), slowest <= LATENCY_MS),
+            # Before the purge, the first requests: a cold start, not the purge's doing.
+            ("slowest publish of the whole run (ms)", "-", round(whole, 1), True),
             # The offered rate, give or take the first and last requests' timing.
             ("publishes per second meanwhile", f">= {RATE * 0.98:g}", round(rate),
              rate >= RATE * 0.98),
