@@ -23,13 +23,16 @@ PROGRESS_EVERY_BATCHES = 10
 
 # Byte order ("C"), whatever the database's collation: the order publishing sorts its
 # recipients in, so that a purge and a batch publish never wait on each other in a cycle.
+# Counted in Postgres: a row each back to this process cost it a fifth of a core.
 LOCK_STUDENTS = text("""
-    SELECT 1 FROM student_sequences
-    WHERE (tenant_id, student_id) IN (
-        SELECT tenant_id, student_id FROM notifications WHERE id = ANY(:ids)
-    )
-    ORDER BY tenant_id COLLATE "C", student_id COLLATE "C"
-    FOR UPDATE
+    SELECT count(*) FROM (
+        SELECT 1 FROM student_sequences
+        WHERE (tenant_id, student_id) IN (
+            SELECT tenant_id, student_id FROM notifications WHERE id = ANY(:ids)
+        )
+        ORDER BY tenant_id COLLATE "C", student_id COLLATE "C"
+        FOR UPDATE
+    ) AS locked
 """).bindparams(bindparam("ids", type_=ARRAY(BigInteger)))
 
 # Deletes the batch and lowers its students' unread counts in one statement; how many
@@ -96,14 +99,16 @@ async def purge_batch(
     pass may have got some first). The unread counts of its students go down by what was
     unread; their sequence rows are locked first, in order, as publishing and reading lock
     them. The batch goes to Postgres as one array, not a parameter per row: a batch spans
-    thousands of students, and an IN list that long is refused ("stack depth limit")."""
+    thousands of students, and an IN list that long is refused ("stack depth limit"); it
+    comes from Postgres as one array too, not a row each."""
     expired = (
         select(Notification.id)
         .where(Notification.published_at < older_than)
         .order_by(Notification.published_at)
         .limit(batch_size)
+        .subquery()
     )
-    ids = list((await connection.scalars(expired)).all())
+    ids = await connection.scalar(select(func.array_agg(expired.c.id)))
     if not ids:
         return 0, 0
     await connection.execute(LOCK_STUDENTS, {"ids": ids})
