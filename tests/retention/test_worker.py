@@ -115,6 +115,32 @@ async def test_a_batch_spanning_thousands_of_students_lowers_each_unread_count(
     assert {(row.unread, tuple(row.seqs)) for row in rows} == {(1, (3,))}
 
 
+async def test_purging_only_read_notifications_leaves_the_unread_count(
+    db: AsyncEngine, service_env: dict[str, str]
+) -> None:
+    student = unique()
+    await insert_aged(db, student, range(1, 3), timedelta(hours=30))
+    await insert_aged(db, student, range(3, 4), timedelta(hours=1))
+    async with db.begin() as connection:
+        await connection.execute(
+            text("UPDATE notifications SET read_at = now() WHERE student_id = :s AND seq < 3"),
+            {"s": student},
+        )
+        await connection.execute(
+            text("INSERT INTO student_sequences (student_id, last_seq, unread) VALUES (:s, 3, 1)"),
+            {"s": student},
+        )
+
+    result = run_retention(service_env, "--once")
+    assert result.returncode == 0, result.stderr
+    assert await seqs_of(db, student) == [3]
+    async with db.connect() as connection:
+        unread = await connection.scalar(
+            text("SELECT unread FROM student_sequences WHERE student_id = :s"), {"s": student}
+        )
+    assert unread == 1
+
+
 def test_the_worker_does_not_import_the_web_stack() -> None:
     web = ("fastapi", "starlette", "uvicorn", "aio_pika")
     code = (
