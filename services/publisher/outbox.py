@@ -9,6 +9,7 @@ before deleting it), stream nodes drop what a connection has already had.
 """
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Sequence
 
@@ -63,12 +64,12 @@ class OutboxRelay:
         self,
         engine: AsyncEngine,
         link: BrokerLink,
-        exchange: AbstractExchange,
+        exchanges: Sequence[AbstractExchange],  # one a channel, taken in turn
         timeout_seconds: float,
     ) -> None:
         self.engine = engine
         self.link = link
-        self.exchange = exchange
+        self.exchanges = itertools.cycle(exchanges)
         self.timeout_seconds = timeout_seconds
         self.confirmed: list[int] = []  # sent and confirmed, still to be deleted
 
@@ -134,10 +135,11 @@ class OutboxRelay:
 
     async def publish(self, messages: Sequence[Outgoing]) -> None:
         """Returns once RabbitMQ has confirmed every message; raises otherwise."""
+        exchange = next(self.exchanges)
         async with asyncio.timeout(self.timeout_seconds):
             await asyncio.gather(
                 *(
-                    self.exchange.publish(
+                    exchange.publish(
                         aio_pika.Message(
                             message.body,
                             type=NOTIFICATIONS,
