@@ -52,11 +52,14 @@ def target(url: str) -> Target:
     return Target(parts.hostname, port, parts.path.rstrip("/"), context, parts.netloc)
 
 
+def family_of(source: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ipaddress.ip_address(source).version == 6 else socket.AF_INET
+
+
 def address_of(where: Target, source: str) -> tuple[str, int]:
     """The target's address in the source's family, resolved once rather than per stream."""
-    family = socket.AF_INET6 if ipaddress.ip_address(source).version == 6 else socket.AF_INET
     try:
-        found = socket.getaddrinfo(where.host, where.port, family, socket.SOCK_STREAM)
+        found = socket.getaddrinfo(where.host, where.port, family_of(source), socket.SOCK_STREAM)
     except socket.gaierror as error:
         message = f"gradecast loadtest: no address of {where.host} for {source}: {error}"
         raise SystemExit(message) from None
@@ -66,8 +69,7 @@ def address_of(where: Target, source: str) -> tuple[str, int]:
 
 async def connected_socket(source: str, address: tuple[str, int]) -> socket.socket:
     """A socket connected from the local address `source` to `address`."""
-    family = socket.AF_INET6 if ipaddress.ip_address(source).version == 6 else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family_of(source), socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_IP, BIND_ADDRESS_NO_PORT, 1)
