@@ -132,7 +132,7 @@ class Worker:
         try:
             try:
                 async with asyncio.timeout(plan.connect_timeout):
-                    await self.connect(client, index)
+                    await self.connect(client, stream, index)
                     refused = await client.opened
             except TimeoutError:
                 return self.fail("timeout")
@@ -159,10 +159,9 @@ class Worker:
             if client.transport is not None:
                 client.transport.abort()
 
-    async def connect(self, client: "StreamClient", index: int) -> None:
-        loop, sources = asyncio.get_running_loop(), self.plan.sources
-        stream = index % len(self.targets)
-        where = self.targets[stream]
+    async def connect(self, client: "StreamClient", stream: int, index: int) -> None:
+        """Connection `index` to stream URL `stream`, from its source address if given."""
+        loop, sources, where = asyncio.get_running_loop(), self.plan.sources, self.targets[stream]
         if not sources:
             await loop.create_connection(lambda: client, where.host, where.port, ssl=where.ssl)
             return
