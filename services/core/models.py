@@ -38,12 +38,19 @@ class Base(DeclarativeBase):
 
 
 class Notification(Base):
+    """Partitioned by the hour of publishing (UTC), so that retention drops an expired hour
+    whole (migration 0007): a partition's table is notifications_pYYYYMMDDHH, created ahead
+    by the retention worker; an hour published without one lands in notifications_default.
+    A student's (tenant, student, seq) is unique by the sequence row's lock, not by a
+    constraint: a partitioned table's unique keys must hold published_at."""
+
     __tablename__ = "notifications"
     __table_args__ = (
         # Replay and the missed endpoint: one student's events after a sequence number.
-        Index(None, "tenant_id", "student_id", "seq", unique=True),
+        Index(None, "tenant_id", "student_id", "seq"),
         # Retention: everything published before a cut-off.
         Index(None, "published_at"),
+        {"postgresql_partition_by": "RANGE (published_at)"},
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -58,7 +65,7 @@ class Notification(Base):
     # clock_timestamp(), not now(): taken after the student's sequence row is locked,
     # so a student's events are in the same order by time as by sequence.
     published_at: Mapped[datetime] = mapped_column(
-        Timestamp, server_default=text("clock_timestamp()")
+        Timestamp, server_default=text("clock_timestamp()"), primary_key=True
     )
     published_by: Mapped[str | None] = mapped_column(String(64))  # the publisher key's id
     read_at: Mapped[datetime | None] = mapped_column(Timestamp)  # when the student read it
@@ -81,6 +88,17 @@ class StudentSequence(Base):
     # Retained notifications not yet read. Whatever changes it (publish, read, retention)
     # takes this row's lock first, so the count stays exact under concurrency.
     unread: Mapped[int] = mapped_column(BigInteger, server_default="0")
+
+
+class PurgedUnread(Base):
+    """What the unread counts still owe a dropped partition: its unread notifications per
+    student, recorded as the partition is dropped and taken off the counts in batches."""
+
+    __tablename__ = "purged_unread"
+
+    tenant_id: Mapped[str] = mapped_column(TenantId, primary_key=True)
+    student_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    unread: Mapped[int] = mapped_column(BigInteger)
 
 
 class OutboxMessage(Base):

@@ -1,35 +1,46 @@
-"""Deletes notifications older than RETENTION_HOURS, in bounded batches with a commit each,
-so publishing and streaming are never blocked behind one long delete."""
+"""Purges notifications older than RETENTION_HOURS: an hour that has expired whole is
+dropped with its partition, and what the default partition holds is deleted in bounded
+batches with a commit each, so publishing and streaming are never blocked behind one long
+delete."""
 
 import asyncio
 import logging
 import signal
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from prometheus_client import start_http_server
-from sqlalchemy import ARRAY, BigInteger, bindparam, delete, func, select, text
+from sqlalchemy import ARRAY, BigInteger, String, bindparam, delete, func, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.core.db import DatabaseUnavailable, create_engine, transaction
 from services.core.metrics import RETENTION_FLOOR, RETENTION_PURGED
-from services.core.models import IdempotencyKey, Notification, RetentionFloor
+from services.core.models import IdempotencyKey, RetentionFloor
 from services.core.settings import Settings
+from services.retention.partitions import (
+    Partition,
+    create_ahead,
+    detach,
+    drop,
+    lower_unread,
+    partitions,
+)
 
 logger = logging.getLogger(__name__)
 
 PROGRESS_EVERY_BATCHES = 10
 
-# One batch, oldest first, and the sequence rows its purge will lower, locked: those of the
-# students with an unread notification in it, since only their counts change (and nothing
-# read turns unread again). Locked in byte order ("C"), whatever the database's collation:
-# the order publishing sorts its recipients in, so that a purge and a batch publish never
-# wait on each other in a cycle. The ids come back as one array and the locks as a count:
-# a row each, back to this process, cost it a fifth of a core.
+# One batch of the default partition, oldest first, and the sequence rows its purge will
+# lower, locked: those of the students with an unread notification in it, since only their
+# counts change (and nothing read turns unread again). Locked in byte order ("C"), whatever
+# the database's collation: the order publishing sorts its recipients in, so that a purge
+# and a batch publish never wait on each other in a cycle. The ids come back as one array
+# and the locks as a count: a row each, back to this process, cost it a fifth of a core.
 TAKE_BATCH = text("""
     WITH batch AS MATERIALIZED (
-        SELECT id, tenant_id, student_id, read_at FROM notifications
+        SELECT id, tenant_id, student_id, read_at FROM notifications_default
         WHERE published_at < :older_than
         ORDER BY published_at
         LIMIT :batch_size
@@ -44,11 +55,19 @@ TAKE_BATCH = text("""
     SELECT (SELECT array_agg(id) FROM batch) AS ids, (SELECT count(*) FROM locked) AS locked
 """)
 
+# For the progress lines: the expired hours' sizes as of their last ANALYZE, which
+# autovacuum keeps up to date, since counting them would cost the drop's scan once more.
+COUNT_EXPIRED = text("""
+    SELECT (SELECT count(*) FROM notifications_default WHERE published_at < :older_than)
+         + (SELECT coalesce(sum(greatest(reltuples, 0)), 0)::bigint FROM pg_class
+            WHERE relname = ANY(:tables) AND relnamespace = current_schema()::regnamespace)
+""").bindparams(bindparam("tables", type_=ARRAY(String)))
+
 # Deletes the batch and lowers its students' unread counts in one statement; how many
 # were deleted.
 PURGE = text("""
     WITH purged AS (
-        DELETE FROM notifications WHERE id = ANY(:ids)
+        DELETE FROM notifications_default WHERE id = ANY(:ids)
         RETURNING tenant_id, student_id, read_at
     ), unread AS (
         SELECT tenant_id, student_id, count(*) AS purged FROM purged
@@ -63,42 +82,98 @@ PURGE = text("""
 """).bindparams(bindparam("ids", type_=ARRAY(BigInteger)))
 
 
+@dataclass
+class Progress:
+    """A pass's count, logged every PROGRESS_EVERY_BATCHES batches and after each hour
+    dropped whole."""
+
+    expected: int
+    purged: int = 0
+    batches: int = 0
+
+    def add(self, purged: int, *, dropped: bool = False) -> None:
+        RETENTION_PURGED.inc(purged)
+        self.purged += purged
+        self.batches += not dropped
+        if dropped or self.batches % PROGRESS_EVERY_BATCHES == 0:
+            share = min(100, 100 * self.purged // max(self.expected, 1))
+            logger.info(
+                "retention: purged %d of %d expired notifications (%d%%)",
+                self.purged,
+                self.expected,
+                share,
+            )
+
+
 async def purge_expired(
     engine: AsyncEngine, *, older_than: datetime, batch_size: int, stop: asyncio.Event
 ) -> int:
-    """How many notifications were deleted. Oldest first, so an interrupted pass leaves no
-    hole in what is retained; `stop` is checked between batches. A complete pass records
-    its cut-off as the retention floor."""
-    expired = select(func.count()).where(Notification.published_at < older_than)
-    async with transaction(engine, one_statement=True) as connection:
-        expected = (await connection.scalar(expired)) or 0  # for the progress lines
-    total, batches = 0, 0
-    while not stop.is_set():
-        async with transaction(engine) as connection:
-            taken, deleted = await purge_batch(connection, older_than, batch_size)
-        total, batches = total + deleted, batches + 1
-        RETENTION_PURGED.inc(deleted)
-        if batches % PROGRESS_EVERY_BATCHES == 0:
-            share = min(100, 100 * total // max(expected, 1))
-            logger.info(
-                "retention: purged %d of %d expired notifications (%d%%)", total, expected, share
-            )
-        if taken < batch_size:
+    """How many notifications were purged: the hours that ended before the cut-off, dropped
+    whole (services.retention.partitions), and what the default partition holds from before
+    it, deleted row by row. A notification is kept RETENTION_HOURS, and at most an hour
+    longer. Oldest first, so an interrupted pass leaves no hole in what is retained; `stop`
+    is checked between steps. A complete pass records the retention floor."""
+    await create_ahead(engine)
+    hours = await partitions(engine)
+    expired = [hour for hour in hours if hour.attached and hour.ends <= older_than]
+    progress = Progress(expected=await count_expired(engine, older_than, expired))
+    for hour in hours:  # left detached by a pass that stopped: already out of sight
+        if not hour.attached:
+            progress.add(await drop(engine, hour), dropped=True)
+    await lower_unread(engine, stop)
+    for hour in expired:
+        # What the default partition holds from before this hour goes first.
+        await delete_rows(engine, hour.starts, batch_size, stop, progress)
+        if stop.is_set():
             break
-    if stop.is_set():
-        return total
+        if await detach(engine, hour):
+            progress.add(await drop(engine, hour), dropped=True)
+            await lower_unread(engine, stop)
+    await delete_rows(engine, older_than, batch_size, stop, progress)
+    if not stop.is_set():
+        await record_floor(engine, older_than)
+    return progress.purged
+
+
+async def count_expired(engine: AsyncEngine, older_than: datetime, hours: list[Partition]) -> int:
+    params = {"older_than": older_than, "tables": [hour.name for hour in hours]}
+    async with transaction(engine, one_statement=True) as connection:
+        return await connection.scalar(COUNT_EXPIRED, params) or 0
+
+
+async def record_floor(engine: AsyncEngine, older_than: datetime) -> None:
+    """Everything published before the floor is gone: the cut-off, or the start of the
+    oldest hour still retained, if earlier. Idempotency keys expire with it."""
+    retained = [hour.starts for hour in await partitions(engine) if hour.attached]
+    purged_before = min([older_than, *retained])
     async with transaction(engine) as connection:
         expired_keys = IdempotencyKey.created_at < older_than
         await connection.execute(delete(IdempotencyKey).where(expired_keys))
-        floor = insert(RetentionFloor).values(id=1, purged_before=older_than)
+        floor = insert(RetentionFloor).values(id=1, purged_before=purged_before)
         await connection.execute(
             floor.on_conflict_do_update(
                 index_elements=[RetentionFloor.id],
-                set_={"purged_before": func.greatest(RetentionFloor.purged_before, older_than)},
+                set_={"purged_before": func.greatest(RetentionFloor.purged_before, purged_before)},
             )
         )
-    RETENTION_FLOOR.set(older_than.timestamp())
-    return total
+    RETENTION_FLOOR.set(purged_before.timestamp())
+
+
+async def delete_rows(
+    engine: AsyncEngine,
+    older_than: datetime,
+    batch_size: int,
+    stop: asyncio.Event,
+    progress: Progress,
+) -> None:
+    """Deletes what the default partition holds from before `older_than`, a batch per
+    transaction."""
+    while not stop.is_set():
+        async with transaction(engine) as connection:
+            taken, deleted = await purge_batch(connection, older_than, batch_size)
+        progress.add(deleted)
+        if taken < batch_size:
+            return
 
 
 async def purge_batch(

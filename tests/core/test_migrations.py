@@ -74,3 +74,42 @@ def test_unsent_outbox_rows_keep_their_notifications_across_0005(database_url: s
     batch = NotificationBatch.model_validate_json(restored)
     assert batch.tenant_id == "default"
     assert [n.model_dump(by_alias=True, mode="json") for n in batch.notifications] == [GRADE]
+
+
+def test_notifications_keep_their_rows_and_ids_across_0007(database_url: str) -> None:
+    config = alembic_config(database_url)
+    command.upgrade(config, "0006")
+    sql(
+        database_url,
+        """
+        INSERT INTO notifications (student_id, seq, assignment_id, grade, published_at)
+        SELECT 's-1', seq, 'hw-' || seq, '"A"', now() - seq * interval '5 hours'
+        FROM generate_series(1, 3) AS seq
+    """,
+    )
+
+    command.upgrade(config, "0007")
+    assert sql(
+        database_url, "SELECT tableoid::regclass::text, count(*) FROM notifications GROUP BY 1"
+    ) == [("notifications_default", 3)]
+    [(new_id, partition)] = sql(
+        database_url,
+        """
+        INSERT INTO notifications (student_id, seq, assignment_id, grade)
+        VALUES ('s-1', 4, 'hw-4', '"B"') RETURNING id, tableoid::regclass::text
+    """,
+    )
+    assert new_id == 4  # after the ids already given
+    assert partition.startswith("notifications_p")  # this hour's partition
+
+    command.downgrade(config, "0006")
+    rows = sql(database_url, "SELECT id, seq FROM notifications ORDER BY id")
+    assert rows == [(1, 1), (2, 2), (3, 3), (4, 4)]
+    [(next_id,)] = sql(
+        database_url,
+        """
+        INSERT INTO notifications (student_id, seq, assignment_id, grade)
+        VALUES ('s-1', 5, 'hw-5', '"C"') RETURNING id
+    """,
+    )
+    assert next_id == 5

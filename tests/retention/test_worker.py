@@ -66,11 +66,11 @@ async def test_once_purges_only_what_is_older_than_the_retention_window(
     )
 
 
-async def test_retention_hours_can_be_seconds_worth(
+async def test_retention_hours_can_be_a_fraction_of_an_hour(
     db: AsyncEngine, service_env: dict[str, str]
 ) -> None:
     student = unique()
-    await insert_aged(db, student, range(1, 3), timedelta(seconds=30))
+    await insert_aged(db, student, range(1, 3), timedelta(hours=2))
     env = {**service_env, "RETENTION_HOURS": str(10 / 3600)}
     result = run_retention(env, "--once")
     assert result.returncode == 0, result.stderr
@@ -162,3 +162,131 @@ async def test_a_long_pass_reports_its_progress(
     assert result.returncode == 0, result.stderr
     assert "retention: purged 20 of 40 expired notifications (50%)" in result.stderr
     assert "retention: purged 40 of 40 expired notifications (100%)" in result.stderr
+
+
+async def partition_for(db: AsyncEngine, age: timedelta) -> str:
+    """Creates the partition of the hour published `age` ago; its name."""
+    at = datetime.now(UTC) - age
+    async with db.begin() as connection:
+        created = await connection.scalar(text("SELECT notifications_partition(:at)"), {"at": at})
+    assert created, "an hour no other test writes to"
+    return f"notifications_p{at:%Y%m%d%H}"
+
+
+async def exists(db: AsyncEngine, table: str) -> bool:
+    async with db.connect() as connection:
+        return await connection.scalar(text("SELECT to_regclass(:t) IS NOT NULL"), {"t": table})
+
+
+async def unread_of(db: AsyncEngine, student: str) -> int:
+    query = text("SELECT unread FROM student_sequences WHERE student_id = :s")
+    async with db.connect() as connection:
+        return await connection.scalar(query, {"s": student})
+
+
+async def seed_expired_hour(db: AsyncEngine, age: timedelta) -> tuple[str, str, str]:
+    """A partition `age` old holding seqs 1 to 4 of two students, 1 and 2 read; seq 5 of
+    each retained and unread. Their partition's name and the students."""
+    partition = await partition_for(db, age)
+    first, second = unique(), unique()
+    for student in (first, second):
+        await insert_aged(db, student, range(1, 5), age)
+        await insert_aged(db, student, range(5, 6), timedelta(hours=1))
+        async with db.begin() as connection:
+            await connection.execute(
+                text("UPDATE notifications SET read_at = now() WHERE student_id = :s AND seq < 3"),
+                {"s": student},
+            )
+            await connection.execute(
+                text(
+                    "INSERT INTO student_sequences (student_id, last_seq, unread) VALUES (:s, 5, 3)"
+                ),
+                {"s": student},
+            )
+    return partition, first, second
+
+
+async def test_an_expired_hour_is_dropped_whole_and_its_unread_counts_lowered(
+    db: AsyncEngine, service_env: dict[str, str]
+) -> None:
+    partition, first, second = await seed_expired_hour(db, timedelta(hours=72))
+    assert await exists(db, partition)
+
+    result = run_retention(service_env, "--once")
+    assert result.returncode == 0, result.stderr
+    assert not await exists(db, partition)
+    assert "purged 8 of" in result.stderr  # the hour's rows, logged as it is dropped
+    for student in (first, second):
+        assert await seqs_of(db, student) == [5]
+        assert await unread_of(db, student) == 1  # seqs 3 and 4 were unread
+    async with db.connect() as connection:
+        assert await connection.scalar(text("SELECT count(*) FROM purged_unread")) == 0
+
+
+async def test_a_pass_finishes_what_a_stopped_pass_left(
+    db: AsyncEngine, service_env: dict[str, str]
+) -> None:
+    # One hour detached but not dropped, another dropped with its counts still owed.
+    detached, first, second = await seed_expired_hour(db, timedelta(hours=96))
+    dropped, third, fourth = await seed_expired_hour(db, timedelta(hours=120))
+    async with db.begin() as connection:
+        for table in (detached, dropped):
+            await connection.execute(text(f"ALTER TABLE notifications DETACH PARTITION {table}"))
+        await connection.execute(
+            text(f"""
+                INSERT INTO purged_unread (tenant_id, student_id, unread)
+                SELECT tenant_id, student_id, count(*) FROM {dropped}
+                WHERE read_at IS NULL GROUP BY tenant_id, student_id
+            """)
+        )
+        await connection.execute(text(f"DROP TABLE {dropped}"))
+
+    result = run_retention(service_env, "--once")
+    assert result.returncode == 0, result.stderr
+    assert not await exists(db, detached)
+    for student in (first, second, third, fourth):
+        assert await seqs_of(db, student) == [5]
+        assert await unread_of(db, student) == 1
+    async with db.connect() as connection:
+        assert await connection.scalar(text("SELECT count(*) FROM purged_unread")) == 0
+
+
+async def test_a_pass_creates_the_partitions_of_the_hours_ahead(
+    db: AsyncEngine, service_env: dict[str, str]
+) -> None:
+    later = datetime.now(UTC) + timedelta(hours=2)
+    table = f"notifications_p{later:%Y%m%d%H}"
+    async with db.begin() as connection:  # nothing is published in the future
+        await connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
+
+    result = run_retention(service_env, "--once")
+    assert result.returncode == 0, result.stderr
+    async with db.connect() as connection:
+        parent = await connection.scalar(
+            text(
+                "SELECT inhparent::regclass::text FROM pg_inherits WHERE inhrelid = to_regclass(:t)"
+            ),
+            {"t": table},
+        )
+    assert parent == "notifications"
+
+
+async def test_an_hour_is_kept_until_it_has_expired_whole(
+    db: AsyncEngine, service_env: dict[str, str]
+) -> None:
+    partition = await partition_for(db, timedelta(hours=24))
+    starts = datetime.strptime(partition.removeprefix("notifications_p"), "%Y%m%d%H")
+    student = unique()
+    await insert_aged(db, student, range(1, 2), datetime.now(UTC) - starts.replace(tzinfo=UTC))
+    async with db.begin() as connection:  # the floor only rises: earlier tests set it
+        await connection.execute(text("DELETE FROM retention_floor"))
+    try:
+        result = run_retention(service_env, "--once")
+        assert result.returncode == 0, result.stderr
+        assert await seqs_of(db, student) == [1]  # over 24 hours old, in an hour that is not
+        async with db.connect() as connection:
+            floor = await connection.scalar(text("SELECT purged_before FROM retention_floor"))
+        assert floor == starts.replace(tzinfo=UTC)  # what is retained starts there
+    finally:  # for the tests after this one, what is retained starts at the cut-off again
+        async with db.begin() as connection:
+            await connection.execute(text(f"DROP TABLE {partition}"))

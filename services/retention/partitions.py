@@ -1,0 +1,169 @@
+"""Whole hours of notifications, dropped rather than deleted row by row (migration 0007).
+
+An expired hour's partition is first detached, which takes its rows out of every query at
+once. Then, in one transaction, its unread notifications are counted per student into
+purged_unread and its table is dropped. Last, the counts are lowered from purged_unread in
+batches of students. Until a student's batch has run, their unread count is higher than
+what is retained, by what the hour held unread. Each step commits before the next, so a pass
+that stops anywhere is finished by the next one: it finds the detached table by name, or the
+counts still owed."""
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import ARRAY, String, bindparam, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.core.db import transaction
+
+logger = logging.getLogger(__name__)
+
+HOUR = timedelta(hours=1)
+AHEAD = timedelta(hours=2)  # beyond the current hour: passes run every few minutes
+# A DETACH waits for the transactions using the table, and every publish after it waits
+# behind it: it gives up soon, and tries again a little later.
+DETACH_LOCK_TIMEOUT_MS = 100
+DETACH_TRIES = 10
+STUDENTS_PER_BATCH = 1_000  # sequence rows held locked at once while their counts go down
+LOCK_NOT_AVAILABLE, UNDEFINED_TABLE = "55P03", "42P01"
+
+CREATE_AHEAD = text("""
+    SELECT count(*) FILTER (WHERE notifications_partition(hour))
+    FROM generate_series(now(), now() + :ahead, interval '1 hour') AS hour
+""")
+
+# The hourly partitions, attached or left detached by a pass that stopped, by name.
+PARTITIONS = text("""
+    SELECT c.relname AS name, i.inhrelid IS NOT NULL AS attached
+    FROM pg_class AS c LEFT JOIN pg_inherits AS i ON i.inhrelid = c.oid
+    WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'r'
+      AND c.relname ~ '^notifications_p[0-9]{10}$'
+    ORDER BY c.relname
+""")
+
+# A detached partition's rows, and its unread ones per student added to what is owed.
+RECORD_UNREAD = """
+    WITH counted AS (
+        SELECT tenant_id, student_id, count(*) AS notifications,
+               count(*) FILTER (WHERE read_at IS NULL) AS unread
+        FROM {table}
+        GROUP BY tenant_id, student_id
+    ), owed AS (
+        INSERT INTO purged_unread AS p (tenant_id, student_id, unread)
+        SELECT tenant_id, student_id, unread FROM counted WHERE unread > 0
+        ON CONFLICT (tenant_id, student_id) DO UPDATE SET unread = p.unread + excluded.unread
+    )
+    SELECT coalesce(sum(notifications), 0) FROM counted
+"""
+
+# A batch of students owed, and their sequence rows locked in the order publishing locks
+# them (see worker.TAKE_BATCH); SKIP LOCKED, so that two passes take different batches.
+TAKE_OWED = text("""
+    WITH batch AS MATERIALIZED (
+        SELECT tenant_id, student_id FROM purged_unread
+        ORDER BY tenant_id COLLATE "C", student_id COLLATE "C"
+        LIMIT :students
+        FOR UPDATE SKIP LOCKED
+    ), locked AS (
+        SELECT 1 FROM student_sequences
+        WHERE (tenant_id, student_id) IN (SELECT tenant_id, student_id FROM batch)
+        ORDER BY tenant_id COLLATE "C", student_id COLLATE "C"
+        FOR UPDATE
+    )
+    SELECT (SELECT array_agg(tenant_id) FROM batch) AS tenant_ids,
+           (SELECT array_agg(student_id) FROM batch) AS student_ids,
+           (SELECT count(*) FROM locked) AS locked
+""")
+
+LOWER_OWED = text("""
+    WITH owed AS (
+        DELETE FROM purged_unread AS p
+        USING unnest(:tenant_ids, :student_ids) AS batch(tenant_id, student_id)
+        WHERE p.tenant_id = batch.tenant_id AND p.student_id = batch.student_id
+        RETURNING p.tenant_id, p.student_id, p.unread
+    )
+    UPDATE student_sequences AS s SET unread = s.unread - owed.unread
+    FROM owed
+    WHERE s.tenant_id = owed.tenant_id AND s.student_id = owed.student_id
+""").bindparams(
+    bindparam("tenant_ids", type_=ARRAY(String)), bindparam("student_ids", type_=ARRAY(String))
+)
+
+
+@dataclass(frozen=True)
+class Partition:
+    name: str  # notifications_pYYYYMMDDHH, its first hour in UTC
+    attached: bool
+
+    @property
+    def starts(self) -> datetime:
+        hour = datetime.strptime(self.name.removeprefix("notifications_p"), "%Y%m%d%H")
+        return hour.replace(tzinfo=UTC)
+
+    @property
+    def ends(self) -> datetime:
+        return self.starts + HOUR
+
+
+async def create_ahead(engine: AsyncEngine) -> int:
+    """Creates the partitions of this hour and the next ones that are missing; how many."""
+    async with transaction(engine, one_statement=True) as connection:
+        return await connection.scalar(CREATE_AHEAD, {"ahead": AHEAD}) or 0
+
+
+async def partitions(engine: AsyncEngine) -> list[Partition]:
+    """Oldest first."""
+    async with transaction(engine, one_statement=True) as connection:
+        return [Partition(row.name, row.attached) for row in await connection.execute(PARTITIONS)]
+
+
+async def detach(engine: AsyncEngine, partition: Partition) -> bool:
+    """False if the lock could not be had (the next pass tries again) or another pass
+    detached it first."""
+    for attempt in range(1, DETACH_TRIES + 1):
+        try:
+            async with transaction(engine) as connection:
+                await connection.execute(text(f"SET LOCAL lock_timeout = {DETACH_LOCK_TIMEOUT_MS}"))
+                await connection.execute(
+                    text(f'ALTER TABLE notifications DETACH PARTITION "{partition.name}"')
+                )
+            return True
+        except DBAPIError as error:
+            state = getattr(error.orig, "sqlstate", None)
+            if state == UNDEFINED_TABLE:
+                return False
+            if state != LOCK_NOT_AVAILABLE:
+                raise
+            await asyncio.sleep(0.05 * attempt)
+    logger.warning("retention: %s stayed busy, the next pass drops it", partition.name)
+    return False
+
+
+async def drop(engine: AsyncEngine, partition: Partition) -> int:
+    """Drops a detached partition; how many notifications it held (0 if another pass
+    dropped it first)."""
+    table = f'"{partition.name}"'
+    try:
+        async with transaction(engine) as connection:
+            await connection.execute(text(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+            dropped = await connection.scalar(text(RECORD_UNREAD.format(table=table)))
+            await connection.execute(text(f"DROP TABLE {table}"))
+    except DBAPIError as error:
+        if getattr(error.orig, "sqlstate", None) == UNDEFINED_TABLE:
+            return 0
+        raise
+    return int(dropped or 0)
+
+
+async def lower_unread(engine: AsyncEngine, stop: asyncio.Event) -> None:
+    """Takes what dropped partitions owe off their students' unread counts."""
+    while not stop.is_set():
+        async with transaction(engine) as connection:
+            batch = (await connection.execute(TAKE_OWED, {"students": STUDENTS_PER_BATCH})).one()
+            if not batch.student_ids:
+                return
+            params = {"tenant_ids": batch.tenant_ids, "student_ids": batch.student_ids}
+            await connection.execute(LOWER_OWED, params)
