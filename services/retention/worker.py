@@ -124,11 +124,12 @@ async def purge_expired(
     for hour in expired:
         # What the default partition holds from before this hour goes first.
         await delete_rows(engine, hour.starts, batch_size, stop, progress)
-        if stop.is_set():
-            break
-        if await detach(engine, hour):
-            progress.add(await drop(engine, hour), dropped=True)
-            await lower_unread(engine, stop)
+        # A busy hour waits for the next pass, and so does everything after it: what is
+        # retained never has a hole.
+        if stop.is_set() or not await detach(engine, hour):
+            return progress.purged
+        progress.add(await drop(engine, hour), dropped=True)
+        await lower_unread(engine, stop)
     await delete_rows(engine, older_than, batch_size, stop, progress)
     if not stop.is_set():
         await record_floor(engine, older_than)

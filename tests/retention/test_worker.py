@@ -1,13 +1,17 @@
 """The retention worker against the run's Postgres, run as users run it."""
 
+import asyncio
 import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.retention import partitions
+from services.retention.worker import purge_expired
 from tests.support import ROOT, unique
 
 INSERT = text("""
@@ -290,3 +294,24 @@ async def test_an_hour_is_kept_until_it_has_expired_whole(
     finally:  # for the tests after this one, what is retained starts at the cut-off again
         async with db.begin() as connection:
             await connection.execute(text(f"DROP TABLE {partition}"))
+
+
+async def test_a_busy_hour_holds_back_the_hours_after_it(
+    db: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    busy, first, _ = await seed_expired_hour(db, timedelta(hours=168))
+    later, second, _ = await seed_expired_hour(db, timedelta(hours=144))
+    monkeypatch.setattr(partitions, "DETACH_TRIES", 1)
+    cut_off = datetime.now(UTC) - timedelta(hours=24)
+
+    async with db.connect() as reader:  # a replay still reading the older hour
+        await reader.execute(text(f"SELECT count(*) FROM {busy}"))
+        await purge_expired(db, older_than=cut_off, batch_size=100, stop=asyncio.Event())
+        assert await exists(db, busy)
+        assert await exists(db, later)  # dropping it would leave a hole in what is retained
+        assert await seqs_of(db, second) == [1, 2, 3, 4, 5]
+        await reader.rollback()
+
+    await purge_expired(db, older_than=cut_off, batch_size=100, stop=asyncio.Event())
+    assert not await exists(db, busy) and not await exists(db, later)
+    assert await seqs_of(db, first) == [5] and await seqs_of(db, second) == [5]
