@@ -28,6 +28,22 @@ async def insert_aged(db: AsyncEngine, student: str, seqs: range, age: timedelta
         await connection.execute(INSERT, {**params, "first": seqs[0], "last": seqs[-1]})
 
 
+async def read_first_two(db: AsyncEngine, student: str, *, last_seq: int, unread: int) -> None:
+    """Seqs 1 and 2 read, and the student's sequence row as publishing left it."""
+    async with db.begin() as connection:
+        await connection.execute(
+            text("UPDATE notifications SET read_at = now() WHERE student_id = :s AND seq < 3"),
+            {"s": student},
+        )
+        await connection.execute(
+            text(
+                "INSERT INTO student_sequences (student_id, last_seq, unread)"
+                " VALUES (:s, :last_seq, :unread)"
+            ),
+            {"s": student, "last_seq": last_seq, "unread": unread},
+        )
+
+
 async def seqs_of(db: AsyncEngine, student: str) -> list[int]:
     query = text("SELECT seq FROM notifications WHERE student_id = :s ORDER BY seq")
     async with db.connect() as connection:
@@ -125,15 +141,7 @@ async def test_purging_only_read_notifications_leaves_the_unread_count(
     student = unique()
     await insert_aged(db, student, range(1, 3), timedelta(hours=30))
     await insert_aged(db, student, range(3, 4), timedelta(hours=1))
-    async with db.begin() as connection:
-        await connection.execute(
-            text("UPDATE notifications SET read_at = now() WHERE student_id = :s AND seq < 3"),
-            {"s": student},
-        )
-        await connection.execute(
-            text("INSERT INTO student_sequences (student_id, last_seq, unread) VALUES (:s, 3, 1)"),
-            {"s": student},
-        )
+    await read_first_two(db, student, last_seq=3, unread=1)
 
     result = run_retention(service_env, "--once")
     assert result.returncode == 0, result.stderr
@@ -196,17 +204,7 @@ async def seed_expired_hour(db: AsyncEngine, age: timedelta) -> tuple[str, str, 
     for student in (first, second):
         await insert_aged(db, student, range(1, 5), age)
         await insert_aged(db, student, range(5, 6), timedelta(hours=1))
-        async with db.begin() as connection:
-            await connection.execute(
-                text("UPDATE notifications SET read_at = now() WHERE student_id = :s AND seq < 3"),
-                {"s": student},
-            )
-            await connection.execute(
-                text(
-                    "INSERT INTO student_sequences (student_id, last_seq, unread) VALUES (:s, 5, 3)"
-                ),
-                {"s": student},
-            )
+        await read_first_two(db, student, last_seq=5, unread=3)
     return partition, first, second
 
 
