@@ -1,7 +1,7 @@
 """The async engine every process opens, and the one way to run a transaction on it."""
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event, make_url
@@ -32,8 +32,20 @@ def create_engine(settings: Settings, application_name: str) -> AsyncEngine:
             "server_settings": {"application_name": application_name, "jit": "off"},
         },
     )
+    event.listen(engine.sync_engine, "connect", load_array_codecs)
     event.listen(engine.sync_engine, "checkout", replace_closed)
     return engine
+
+
+# asyncpg builds the codec of an array type (text[] aside) the first time a connection
+# meets it, with a catalog query: 3 to 4 ms added to the first publish on each pooled
+# connection, the first seconds after a start. The arrays our statements answer with are
+# met once, as the connection opens.
+ARRAYS = "SELECT CAST(NULL AS varchar[]), CAST(NULL AS bigint[]), CAST(NULL AS timestamptz[])"
+
+
+def load_array_codecs(dbapi_connection: Any, record: Any) -> None:
+    dbapi_connection.run_async(lambda connection: connection.prepare(ARRAYS))
 
 
 def replace_closed(dbapi_connection: Any, record: Any, proxy: Any) -> None:
@@ -67,6 +79,15 @@ async def transaction(
         if error.connection_invalidated or isinstance(error.orig, OSError | TimeoutError):
             raise DatabaseUnavailable(str(error)) from error
         raise
+
+
+async def open_pool(engine: AsyncEngine, size: int) -> None:
+    """Opens `size` of the pool's connections at once, so that the first requests after a
+    start do not wait for them (5 to 10 ms each, with their codecs). DatabaseUnavailable if
+    Postgres cannot be reached: they open on demand later."""
+    async with AsyncExitStack() as stack:
+        for _ in range(size):
+            await stack.enter_async_context(transaction(engine, one_statement=True))
 
 
 def database_name(url: str) -> str:

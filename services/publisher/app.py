@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.core import broker
 from services.core.broker import BrokerLink
-from services.core.db import DatabaseUnavailable, create_engine
+from services.core.db import DatabaseUnavailable, create_engine, open_pool
 from services.core.settings import Settings, get_settings
 from services.publisher.auth import PublisherKeys
 from services.publisher.outbox import OutboxRelay
@@ -51,6 +51,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[PublisherState]:
         engine = create_engine(settings, "gradecast-publisher")
+        try:
+            await open_pool(engine, settings.DATABASE_POOL_SIZE)
+        except DatabaseUnavailable as error:
+            logger.warning("database unavailable at start, connecting on demand: %s", error)
         connection = await broker.connect(settings, f"gradecast-publisher-{os.getpid()}")
         channels = [
             await connection.channel(publisher_confirms=True) for _ in range(PUBLISH_CHANNELS)

@@ -303,6 +303,7 @@ async def test_database_down_answers_503_with_retry_after(
             await asyncio.sleep(0.2)
     assert ready.status_code == 503
     assert "database" in ready.json()["error"]["message"]
+    assert "database unavailable at start" in service.log.read_text()
     assert (await client.get(f"{service.url}/health")).status_code == 200
 
     response = await client.post(f"{service.url}/grades/publish", json=grade_body("s"), headers=KEY)
