@@ -90,6 +90,11 @@ async def open_pool(engine: AsyncEngine, size: int) -> None:
             await stack.enter_async_context(transaction(engine, one_statement=True))
 
 
+def sqlstate(error: DBAPIError) -> str | None:
+    """The Postgres error code (SQLSTATE) behind a driver error, if it has one."""
+    return getattr(error.orig, "sqlstate", None)
+
+
 def database_name(url: str) -> str:
     name = make_url(url).database
     if not name:

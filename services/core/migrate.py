@@ -10,7 +10,7 @@ from sqlalchemy import make_url, text
 from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from services.core.db import database_name
+from services.core.db import database_name, sqlstate
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ async def create_database(database_url: str) -> bool:
             try:
                 await connection.execute(text(f"CREATE DATABASE {quoted}"))
             except ProgrammingError as error:
-                if getattr(error.orig, "sqlstate", None) == DUPLICATE_DATABASE:
+                if sqlstate(error) == DUPLICATE_DATABASE:
                     return False  # another process created it meanwhile
                 raise
             return True

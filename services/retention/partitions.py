@@ -20,7 +20,7 @@ from sqlalchemy import ARRAY, String, bindparam, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.core.db import transaction
+from services.core.db import sqlstate, transaction
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ async def detach(engine: AsyncEngine, partition: Partition) -> bool:
                 )
             return True
         except DBAPIError as error:
-            state = getattr(error.orig, "sqlstate", None)
+            state = sqlstate(error)
             if state == UNDEFINED_TABLE:
                 return False
             if state != LOCK_NOT_AVAILABLE:
@@ -185,7 +185,7 @@ async def drop(engine: AsyncEngine, partition: Partition) -> int:
             dropped = await record_owed(connection, table)
             await connection.execute(text(f"DROP TABLE {table}"))
     except DBAPIError as error:
-        if getattr(error.orig, "sqlstate", None) == UNDEFINED_TABLE:
+        if sqlstate(error) == UNDEFINED_TABLE:
             return 0
         raise
     return dropped
