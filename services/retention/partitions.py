@@ -171,7 +171,7 @@ async def detach(engine: AsyncEngine, partition: Partition) -> bool:
             if state != LOCK_NOT_AVAILABLE:
                 raise
             await asyncio.sleep(0.05 * attempt)
-    logger.warning("retention: %s stayed busy, the next pass drops it", partition.name)
+    logger.warning("retention: %s stayed busy: it and the hours after it wait", partition.name)
     return False
 
 
