@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import cores
 import retention
 import scaleout
 from processes import DATABASE, LOGS, NODE, PUBLISHER, ROOT, gradecast, service
@@ -49,7 +50,11 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {memory} memory, Python {platform.python_version()}"
 
 
-def record(rows: list[tuple[str, str, str, Any, bool]], note: str) -> None:
+def record(
+    rows: list[tuple[str, str, str, Any, bool]],
+    shares: list[tuple[str, dict[str, float]]],
+    note: str,
+) -> None:
     nodes = any(row[0] == "scaleout" for row in rows)
     more = " (scaleout: up to three more nodes, behind nginx)" if nodes else ""
     lines = [
@@ -59,6 +64,9 @@ def record(rows: list[tuple[str, str, str, Any, bool]], note: str) -> None:
         "| scenario | figure | target | measured | met |",
         "|---|---|---|---|---|",
         *(f"| {s} | {f} | {t} | {m} | {'yes' if ok else '**no**'} |" for s, f, t, m, ok in rows),
+        "\nWhere the cores went in each scenario, in shares of all the cores' time (stolen: "
+        "taken by the hypervisor for other guests):\n",
+        *cores.table(shares),
     ]
     with RESULTS.open("a") as results:
         results.write("\n".join(lines) + "\n")
@@ -87,16 +95,19 @@ def main() -> None:
         ["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", DATABASE], check=True
     )
     gradecast("migrate")
-    rows = []
+    rows, shares = [], []
     LOGS.mkdir(exist_ok=True)
     with (
         service(["publisher"], PUBLISHER, LOGS / "publisher.log"),
         service(["stream", "--node-id", "bench"], NODE, LOGS / "stream.log") as node,
     ):
         for name in args.scenario or list(chosen):
-            for figure, target, measured, met in chosen[name](node.pid):
+            shares.append((name, {}))
+            with cores.measured(shares[-1][1]):
+                figures = chosen[name](node.pid)
+            for figure, target, measured, met in figures:
                 rows.append((name, figure, target, measured, met))
-    record(rows, args.note + (f" (scale {args.scale})" if args.scale != 1 else ""))
+    record(rows, shares, args.note + (f" (scale {args.scale})" if args.scale != 1 else ""))
 
 
 if __name__ == "__main__":
