@@ -117,9 +117,10 @@ async def purge_expired(
     hours = await partitions(engine)
     expired = [hour for hour in hours if hour.attached and hour.ends <= older_than]
     progress = Progress(expected=await count_expired(engine, older_than, expired))
-    for hour in hours:  # left detached by a pass that stopped: already out of sight
-        if not hour.attached:
-            progress.add(await drop(engine, hour), dropped=True)
+    for hour in (hour for hour in hours if not hour.attached):  # by a pass that stopped
+        if stop.is_set():
+            return progress.purged
+        progress.add(await drop(engine, hour), dropped=True)
     await lower_unread(engine, stop)
     for hour in expired:
         # What the default partition holds from before this hour goes first.

@@ -253,6 +253,23 @@ async def test_a_pass_finishes_what_a_stopped_pass_left(
         assert await connection.scalar(text("SELECT count(*) FROM purged_unread")) == 0
 
 
+async def test_a_stopped_pass_drops_no_more_of_what_an_earlier_one_left(
+    db: AsyncEngine,
+) -> None:
+    left = [(await seed_expired_hour(db, timedelta(hours=hours)))[0] for hours in (192, 216)]
+    async with db.begin() as connection:
+        for table in left:
+            await connection.execute(text(f"ALTER TABLE notifications DETACH PARTITION {table}"))
+    cut_off, stop = datetime.now(UTC) - timedelta(hours=24), asyncio.Event()
+
+    stop.set()  # SIGTERM, as the pass starts
+    await purge_expired(db, older_than=cut_off, batch_size=100, stop=stop)
+    assert all([await exists(db, table) for table in left])
+
+    await purge_expired(db, older_than=cut_off, batch_size=100, stop=asyncio.Event())
+    assert not any([await exists(db, table) for table in left])
+
+
 async def test_a_pass_creates_the_partitions_of_the_hours_ahead(
     db: AsyncEngine, service_env: dict[str, str]
 ) -> None:
