@@ -15,8 +15,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import ARRAY, String, bindparam, text
+from sqlalchemy import ARRAY, String, TextClause, bindparam, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -26,10 +27,11 @@ logger = logging.getLogger(__name__)
 
 HOUR = timedelta(hours=1)
 AHEAD = timedelta(hours=2)  # beyond the current hour: passes run every few minutes
-# A DETACH waits for the transactions using the table, and every publish after it waits
-# behind it: it gives up soon, and tries again a little later.
-DETACH_LOCK_TIMEOUT_MS = 100
-DETACH_TRIES = 10
+# A DETACH waits for the transactions using the hour, and an ATTACH for those reading the
+# default partition, and whatever comes after them waits behind: each gives up soon, and
+# tries again a little later.
+LOCK_TIMEOUT_MS = 100
+LOCK_TRIES = 10
 # Sequence rows locked at once while their counts go down: each batch's WAL is flushed
 # ahead of the publishes that commit after it, so it is kept small.
 STUDENTS_PER_BATCH = 200
@@ -141,10 +143,37 @@ class Partition:
         return self.starts + HOUR
 
 
+class Busy(Exception):
+    """A lock could not be had in LOCK_TRIES tries."""
+
+
+async def briefly_locking(
+    engine: AsyncEngine, statement: TextClause, params: dict[str, Any] | None = None
+) -> Any:
+    """Runs a statement that takes a table's strongest lock, waiting LOCK_TIMEOUT_MS for it
+    at a time; its scalar result, if it has one."""
+    for attempt in range(1, LOCK_TRIES + 1):
+        try:
+            async with transaction(engine) as connection:
+                await connection.execute(text(f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}"))
+                result = await connection.execute(statement, params)
+                return result.scalar() if result.returns_rows else None
+        except DBAPIError as error:
+            if sqlstate(error) != LOCK_NOT_AVAILABLE:
+                raise
+            await asyncio.sleep(0.05 * attempt)
+    raise Busy()
+
+
 async def create_ahead(engine: AsyncEngine) -> int:
-    """Creates the partitions of this hour and the next ones that are missing; how many."""
-    async with transaction(engine, one_statement=True) as connection:
-        return await connection.scalar(CREATE_AHEAD, {"ahead": AHEAD}) or 0
+    """Creates the partitions of this hour and the next ones that are missing; how many.
+    While the default partition stays busy, none: the next pass tries again, well before
+    the hours ahead begin."""
+    try:
+        return await briefly_locking(engine, CREATE_AHEAD, {"ahead": AHEAD}) or 0
+    except Busy:
+        logger.warning("retention: the default partition stayed busy: no hours created ahead")
+        return 0
 
 
 async def partitions(engine: AsyncEngine) -> list[Partition]:
@@ -156,23 +185,17 @@ async def partitions(engine: AsyncEngine) -> list[Partition]:
 async def detach(engine: AsyncEngine, partition: Partition) -> bool:
     """False if the lock could not be had (the next pass tries again) or another pass
     detached it first."""
-    for attempt in range(1, DETACH_TRIES + 1):
-        try:
-            async with transaction(engine) as connection:
-                await connection.execute(text(f"SET LOCAL lock_timeout = {DETACH_LOCK_TIMEOUT_MS}"))
-                await connection.execute(
-                    text(f'ALTER TABLE notifications DETACH PARTITION "{partition.name}"')
-                )
-            return True
-        except DBAPIError as error:
-            state = sqlstate(error)
-            if state == UNDEFINED_TABLE:
-                return False
-            if state != LOCK_NOT_AVAILABLE:
-                raise
-            await asyncio.sleep(0.05 * attempt)
-    logger.warning("retention: %s stayed busy: it and the hours after it wait", partition.name)
-    return False
+    detach = text(f'ALTER TABLE notifications DETACH PARTITION "{partition.name}"')
+    try:
+        await briefly_locking(engine, detach)
+    except Busy:
+        logger.warning("retention: %s stayed busy: it and the hours after it wait", partition.name)
+        return False
+    except DBAPIError as error:
+        if sqlstate(error) == UNDEFINED_TABLE:
+            return False
+        raise
+    return True
 
 
 async def drop(engine: AsyncEngine, partition: Partition) -> int:

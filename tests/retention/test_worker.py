@@ -290,6 +290,28 @@ async def test_a_pass_creates_the_partitions_of_the_hours_ahead(
     assert parent == "notifications"
 
 
+async def test_hours_ahead_wait_while_the_default_partition_is_read(
+    db: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    later = datetime.now(UTC) + timedelta(hours=2)
+    table = f"notifications_p{later:%Y%m%d%H}"
+    async with db.begin() as connection:
+        await connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
+    monkeypatch.setattr(partitions, "LOCK_TRIES", 1)
+
+    # Attaching an hour locks the default partition: it must not queue this reader's
+    # successors behind it for longer than its lock timeout.
+    async with db.connect() as reader:
+        await reader.execute(text("SELECT count(*) FROM notifications_default"))
+        async with asyncio.timeout(10):
+            assert await partitions.create_ahead(db) == 0
+        assert not await exists(db, table)
+        await reader.rollback()
+
+    assert await partitions.create_ahead(db) >= 1
+    assert await exists(db, table)
+
+
 async def test_an_hour_is_kept_until_it_has_expired_whole(
     db: AsyncEngine, service_env: dict[str, str]
 ) -> None:
@@ -316,7 +338,7 @@ async def test_a_busy_hour_holds_back_the_hours_after_it(
 ) -> None:
     busy, first, _ = await seed_expired_hour(db, timedelta(hours=168))
     later, second, _ = await seed_expired_hour(db, timedelta(hours=144))
-    monkeypatch.setattr(partitions, "DETACH_TRIES", 1)
+    monkeypatch.setattr(partitions, "LOCK_TRIES", 1)
     cut_off = datetime.now(UTC) - timedelta(hours=24)
 
     async with db.connect() as reader:  # a replay still reading the older hour
