@@ -1,5 +1,6 @@
 """The async engine every process opens, and the one way to run a transaction on it."""
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -10,6 +11,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from services.core.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 
 class DatabaseUnavailable(Exception):
@@ -82,12 +85,16 @@ async def transaction(
 
 
 async def open_pool(engine: AsyncEngine, size: int) -> None:
-    """Opens `size` of the pool's connections at once, so that the first requests after a
-    start do not wait for them (5 to 10 ms each, with their codecs). DatabaseUnavailable if
-    Postgres cannot be reached: they open on demand later."""
-    async with AsyncExitStack() as stack:
-        for _ in range(size):
-            await stack.enter_async_context(transaction(engine, one_statement=True))
+    """Opens `size` of the pool's connections at a web service's start, so that its first
+    requests do not wait for them (5 to 10 ms each, with their codecs): a restarted node
+    meets its clients' reconnects at once. Without Postgres, a warning, and the service
+    starts all the same: they open on demand later."""
+    try:
+        async with AsyncExitStack() as stack:
+            for _ in range(size):
+                await stack.enter_async_context(transaction(engine, one_statement=True))
+    except DatabaseUnavailable as error:
+        logger.warning("database unavailable at start, connecting on demand: %s", error)
 
 
 def sqlstate(error: DBAPIError) -> str | None:

@@ -51,10 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[PublisherState]:
         engine = create_engine(settings, "gradecast-publisher")
-        try:
-            await open_pool(engine, settings.DATABASE_POOL_SIZE)
-        except DatabaseUnavailable as error:
-            logger.warning("database unavailable at start, connecting on demand: %s", error)
+        await open_pool(engine, settings.DATABASE_POOL_SIZE)
         connection = await broker.connect(settings, f"gradecast-publisher-{os.getpid()}")
         channels = [
             await connection.channel(publisher_confirms=True) for _ in range(PUBLISH_CHANNELS)

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.core import broker
 from services.core.broker import BrokerLink
-from services.core.db import create_engine
+from services.core.db import create_engine, open_pool
 from services.core.metrics import STREAM_CONNECTIONS
 from services.core.settings import Settings, get_settings
 from services.core.tokens import TokenVerifier
@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[StreamState]:
         name = f"gradecast-stream-{settings.NODE_ID}"
         engine = create_engine(settings, name)
+        await open_pool(engine, settings.DATABASE_POOL_SIZE)
         connection = await broker.connect(settings, name)
         node_queue = await declare_node_queue(connection, settings.NODE_ID)
         bindings = ShardBindings(node_queue.queue, node_queue.exchange)

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.core.db import DatabaseUnavailable, create_engine, open_pool
+from services.core.db import create_engine, open_pool
 from services.core.settings import Settings
 from tests.support import free_port
 
@@ -43,9 +43,12 @@ async def test_a_new_connection_meets_the_publish_arrays_without_a_catalog_query
     assert queries == ["BEGIN;", "ROLLBACK;"]
 
 
-async def test_open_pool_without_postgres_is_database_unavailable() -> None:
+async def test_open_pool_without_postgres_warns_and_leaves_them_for_later(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     url = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/x"
     engine = create_engine(Settings(DATABASE_URL=url), "test")
-    with pytest.raises(DatabaseUnavailable):
-        await open_pool(engine, 2)
+    await open_pool(engine, 2)
+    assert "database unavailable at start, connecting on demand" in caplog.text
+    assert engine.pool.checkedin() == 0
     await engine.dispose()

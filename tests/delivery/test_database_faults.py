@@ -86,3 +86,33 @@ async def test_streams_stay_open_without_postgres_and_replays_return_with_it(
             assert [e.id for e in await replay.events(1)] == ["1"]
         after = await publish(client, publisher.url, grade_body(student))
         assert (await live.next_event()).id == after["notifications"][0]["id"] == "2"
+
+
+async def test_a_node_started_without_postgres_serves_streams_once_it_is_back(
+    client: httpx.AsyncClient,
+    services: Services,
+    postgres_proxy: TcpProxy,
+    service_env: dict[str, str],
+) -> None:
+    postgres_proxy.cut()
+    database_url = postgres_proxy.replace_port(service_env["DATABASE_URL"])
+    node = services.start(
+        "stream", "--node-id", unique("node"), wait_ready=False, DATABASE_URL=database_url
+    )
+
+    async def answers_not_ready() -> bool:  # up, with its pool left for later
+        try:
+            return (await client.get(f"{node.url}/ready")).status_code == 503
+        except httpx.TransportError:  # not listening yet
+            return False
+
+    await eventually(answers_not_ready, seconds=20)
+    assert "database unavailable at start" in node.log.read_text()
+
+    postgres_proxy.restore()
+    await eventually(lambda: is_ready(node), seconds=20)
+    publisher = services.start("publisher")
+    student = unique()
+    async with open_stream(client, node.url, student, token_for(student)) as live:
+        result = await publish(client, publisher.url, grade_body(student))
+        assert (await live.next_event()).id == result["notifications"][0]["id"]
