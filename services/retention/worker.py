@@ -152,13 +152,12 @@ async def record_floor(engine: AsyncEngine, older_than: datetime) -> None:
         expired_keys = IdempotencyKey.created_at < older_than
         await connection.execute(delete(IdempotencyKey).where(expired_keys))
         floor = insert(RetentionFloor).values(id=1, purged_before=purged_before)
-        await connection.execute(
-            floor.on_conflict_do_update(
-                index_elements=[RetentionFloor.id],
-                set_={"purged_before": func.greatest(RetentionFloor.purged_before, purged_before)},
-            )
-        )
-    RETENTION_FLOOR.set(purged_before.timestamp())
+        kept = floor.on_conflict_do_update(  # it never moves back
+            index_elements=[RetentionFloor.id],
+            set_={"purged_before": func.greatest(RetentionFloor.purged_before, purged_before)},
+        ).returning(RetentionFloor.purged_before)
+        stored = (await connection.execute(kept)).scalar_one()
+    RETENTION_FLOOR.set(stored.timestamp())
 
 
 async def delete_rows(

@@ -7,11 +7,12 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.retention import partitions
-from services.retention.worker import purge_expired
+from services.retention.worker import purge_expired, record_floor
 from tests.support import ROOT, unique
 
 INSERT = text("""
@@ -331,6 +332,25 @@ async def test_an_hour_is_kept_until_it_has_expired_whole(
     finally:  # for the tests after this one, what is retained starts at the cut-off again
         async with db.begin() as connection:
             await connection.execute(text(f"DROP TABLE {partition}"))
+
+
+async def test_the_floor_gauge_shows_the_stored_floor_which_never_moves_back(
+    db: AsyncEngine,
+) -> None:
+    stored = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    upsert = """
+        INSERT INTO retention_floor (id, purged_before) VALUES (1, :floor)
+        ON CONFLICT (id) DO UPDATE SET purged_before = :floor
+    """
+    async with db.begin() as connection:
+        await connection.execute(text(upsert), {"floor": stored})
+    try:
+        await record_floor(db, datetime.now(UTC) - timedelta(hours=48))
+        gauge = REGISTRY.get_sample_value("gradecast_retention_floor_timestamp_seconds")
+        assert gauge == stored.timestamp()
+    finally:  # for the tests after this one, what is retained starts at the cut-off again
+        async with db.begin() as connection:
+            await connection.execute(text("DELETE FROM retention_floor"))
 
 
 async def test_a_busy_hour_holds_back_the_hours_after_it(
