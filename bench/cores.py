@@ -1,5 +1,5 @@
 """Where the cores went during a scenario: gradecast's processes, Postgres, RabbitMQ, the load
-generator, the rest (nginx, the kernel's network work), what was idle, and what the
+generator, nginx, the rest (the kernel's network work, mostly), what was idle, and what the
 hypervisor took for other guests (steal). On a shared machine a scenario's figures are only
 as good as the cores it got, so each is recorded beside them."""
 
@@ -19,6 +19,7 @@ GROUPS = {
     "load generator": "loadtest",
     "Postgres": "postgres",
     "RabbitMQ": "beam.smp",
+    "nginx": "nginx",  # scaleout's
 }
 COLUMNS = [*GROUPS, "rest", "idle", "stolen"]
 
