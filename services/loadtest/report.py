@@ -194,9 +194,15 @@ def node_section(
 
 
 def client_section(
-    received: list[Received], before: int | None, processes: int, lost: int
+    received: list[Received],
+    before: int | None,
+    processes: int,
+    lost: int,
+    elapsed: float,
 ) -> dict[str, Any]:
-    """This tool's own memory: its workers' RSS growth from their start to all held."""
+    """This tool's own cost: its workers' RSS growth from their start to all held, and the
+    CPU of its processes. A process near a whole core (busiest_process_core_share near 1)
+    adds its own waiting to the latencies it reports: give it more --processes."""
     held = sum(worker.held for worker in received)
     if processes == 1:
         grown = rss_growth(before, received[0].rss_held_kib if received else None, held)
@@ -205,4 +211,11 @@ def client_section(
         ends = [w.rss_held_kib for w in received if w.rss_held_kib is not None]
         complete = len(starts) == len(ends) == len(received) > 0
         grown = rss_growth(sum(starts), sum(ends), held) if complete else None
-    return {"processes": processes, "workers_lost": lost, "rss_per_connection_bytes": grown}
+    cpu = [time.process_time(), *(w.cpu_seconds for w in received if w.cpu_seconds is not None)]
+    return {
+        "processes": processes,
+        "workers_lost": lost,
+        "rss_per_connection_bytes": grown,
+        "cpu_seconds": round(sum(cpu), 2),
+        "busiest_process_core_share": round(max(cpu) / elapsed, 2) if elapsed > 0 else None,
+    }

@@ -184,7 +184,9 @@ async def main(options: Options) -> dict[str, Any]:
     if replay:
         summary["replay"] = replay_section(received, published.expected)
     summary["nodes"] = node_section(options.node_pids, streams, nodes_before, nodes_held, received)
-    summary["client"] = client_section(received, client_before, workers, lost_workers)
+    summary["client"] = client_section(
+        received, client_before, workers, lost_workers, summary["elapsed_seconds"]
+    )
     summary["options"] = options.public()
     return summary
 

@@ -63,6 +63,7 @@ class Received:
     last_receipt: float = 0.0
     rss_before_kib: int | None = None
     rss_held_kib: int | None = None
+    cpu_seconds: float | None = None  # a child process's, at its end
 
 
 class Shared:

@@ -8,7 +8,7 @@ import signal
 from array import array
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from time import monotonic
+from time import monotonic, process_time
 from typing import cast
 
 from services.core.tokens import mint_token
@@ -279,5 +279,7 @@ def child_main(plan: Plan, shared: Shared, results: Connection) -> None:
     raise_open_files_limit()
     import uvloop
 
-    results.send(uvloop.run(Worker(plan, shared).run()))
+    received = uvloop.run(Worker(plan, shared).run())
+    received.cpu_seconds = process_time()
+    results.send(received)
     results.close()
