@@ -209,6 +209,21 @@ async def seed_expired_hour(db: AsyncEngine, age: timedelta) -> tuple[str, str, 
     return partition, first, second
 
 
+async def detach_by_hand(db: AsyncEngine, *tables: str) -> None:
+    """As a pass that stopped right after detaching them leaves them."""
+    async with db.begin() as connection:
+        for table in tables:
+            await connection.execute(text(f"ALTER TABLE notifications DETACH PARTITION {table}"))
+
+
+async def without_hour_ahead(db: AsyncEngine) -> str:
+    """The partition two hours ahead dropped (nothing is published in the future); its name."""
+    table = f"notifications_p{datetime.now(UTC) + timedelta(hours=2):%Y%m%d%H}"
+    async with db.begin() as connection:
+        await connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
+    return table
+
+
 async def test_an_expired_hour_is_dropped_whole_and_its_unread_counts_lowered(
     db: AsyncEngine, service_env: dict[str, str]
 ) -> None:
@@ -232,9 +247,8 @@ async def test_a_pass_finishes_what_a_stopped_pass_left(
     # One hour detached but not dropped, another dropped with its counts still owed.
     detached, first, second = await seed_expired_hour(db, timedelta(hours=96))
     dropped, third, fourth = await seed_expired_hour(db, timedelta(hours=120))
+    await detach_by_hand(db, detached, dropped)
     async with db.begin() as connection:
-        for table in (detached, dropped):
-            await connection.execute(text(f"ALTER TABLE notifications DETACH PARTITION {table}"))
         await connection.execute(
             text(f"""
                 INSERT INTO purged_unread (tenant_id, student_id, unread)
@@ -258,9 +272,7 @@ async def test_a_stopped_pass_drops_no_more_of_what_an_earlier_one_left(
     db: AsyncEngine,
 ) -> None:
     left = [(await seed_expired_hour(db, timedelta(hours=hours)))[0] for hours in (192, 216)]
-    async with db.begin() as connection:
-        for table in left:
-            await connection.execute(text(f"ALTER TABLE notifications DETACH PARTITION {table}"))
+    await detach_by_hand(db, *left)
     cut_off, stop = datetime.now(UTC) - timedelta(hours=24), asyncio.Event()
 
     stop.set()  # SIGTERM, as the pass starts
@@ -274,10 +286,7 @@ async def test_a_stopped_pass_drops_no_more_of_what_an_earlier_one_left(
 async def test_a_pass_creates_the_partitions_of_the_hours_ahead(
     db: AsyncEngine, service_env: dict[str, str]
 ) -> None:
-    later = datetime.now(UTC) + timedelta(hours=2)
-    table = f"notifications_p{later:%Y%m%d%H}"
-    async with db.begin() as connection:  # nothing is published in the future
-        await connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
+    table = await without_hour_ahead(db)
 
     result = run_retention(service_env, "--once")
     assert result.returncode == 0, result.stderr
@@ -294,10 +303,7 @@ async def test_a_pass_creates_the_partitions_of_the_hours_ahead(
 async def test_hours_ahead_wait_while_the_default_partition_is_read(
     db: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    later = datetime.now(UTC) + timedelta(hours=2)
-    table = f"notifications_p{later:%Y%m%d%H}"
-    async with db.begin() as connection:
-        await connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
+    table = await without_hour_ahead(db)
     monkeypatch.setattr(partitions, "LOCK_TRIES", 1)
 
     # Attaching an hour locks the default partition: it must not queue this reader's
@@ -317,9 +323,9 @@ async def test_an_hour_is_kept_until_it_has_expired_whole(
     db: AsyncEngine, service_env: dict[str, str]
 ) -> None:
     partition = await partition_for(db, timedelta(hours=24))
-    starts = datetime.strptime(partition.removeprefix("notifications_p"), "%Y%m%d%H")
+    starts = partitions.Partition(partition, attached=True).starts
     student = unique()
-    await insert_aged(db, student, range(1, 2), datetime.now(UTC) - starts.replace(tzinfo=UTC))
+    await insert_aged(db, student, range(1, 2), datetime.now(UTC) - starts)
     async with db.begin() as connection:  # the floor only rises: earlier tests set it
         await connection.execute(text("DELETE FROM retention_floor"))
     try:
@@ -328,7 +334,7 @@ async def test_an_hour_is_kept_until_it_has_expired_whole(
         assert await seqs_of(db, student) == [1]  # over 24 hours old, in an hour that is not
         async with db.connect() as connection:
             floor = await connection.scalar(text("SELECT purged_before FROM retention_floor"))
-        assert floor == starts.replace(tzinfo=UTC)  # what is retained starts there
+        assert floor == starts  # what is retained starts there
     finally:  # for the tests after this one, what is retained starts at the cut-off again
         async with db.begin() as connection:
             await connection.execute(text(f"DROP TABLE {partition}"))
