@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.core.broker import BROKER_ERRORS, BrokerLink
 from services.core.db import DatabaseUnavailable, transaction
-from services.core.events import NOTIFICATIONS
+from services.core.events import GRADES
 from services.core.metrics import OUTBOX_AGE, OUTBOX_BACKLOG
 from services.core.models import OutboxMessage
 from services.logs import request_id
@@ -142,7 +142,7 @@ class OutboxRelay:
                     exchange.publish(
                         aio_pika.Message(
                             message.body,
-                            type=NOTIFICATIONS,
+                            type=GRADES,
                             content_type="application/json",
                             message_id=str(message.id),
                             # The publish request it came from, for the nodes' log lines;

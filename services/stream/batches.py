@@ -1,6 +1,6 @@
-"""A NotificationBatch broker message (services.core.events) as the node reads it on the
-live path: with orjson rather than the pydantic model, whose validating and re-encoding of
-each notification cost a node a fifth of a delivery. The model stays the message's
+"""A grade's broker message (services.core.events.NotificationBatch) as the node reads it on
+the live path: with orjson rather than the pydantic model, which cost a node a fifth of a
+delivery when a message carried each notification whole. The model stays the message's
 contract (the publisher's side is tested against it); this reads its fields, checks the
 ones the node acts on, and checks all of them before anything is delivered, so that a
 malformed message is dead-lettered whole."""
@@ -10,44 +10,83 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from services.core.events import NotificationPublic
-from services.core.tenancy import Student
+from services.core.events import GRADES, NOTIFICATIONS_0_1, GradeFields, NotificationPublic
+from services.stream.frames import encode_shared
 
-# The wire names of a notification's fields: a message must carry exactly these.
+# The wire names of the fields every recipient shares, in the order frames carry them.
+SHARED = [field.alias or name for name, field in GradeFields.model_fields.items()]
+# Those of a whole notification, in version 0.1's message.
 FIELDS = frozenset(field.alias or name for name, field in NotificationPublic.model_fields.items())
 
 
 class MalformedBatch(ValueError):
-    """The message does not read as a NotificationBatch."""
+    """The message does not read as a grade's message."""
 
 
-class LiveGrade(NamedTuple):
-    student: Student
-    seq: int
-    fields: dict[str, Any]  # the notification's wire fields, publishedAt a datetime
-    unread: int | None  # the student's unread count once it is in, when the message says
+class LiveBatch(NamedTuple):
+    tenant_id: str
+    shared: bytes  # the grade's fields as every recipient's frame carries them
+    student_ids: list[str]  # and, in the same order, each student's:
+    seqs: list[int]
+    published_at: list[datetime]
+    unread: list[int | None]  # their unread count once it is in, when the message says
 
 
-def read_batch(body: bytes) -> list[LiveGrade]:
+def read_batch(message_type: str | None, body: bytes) -> LiveBatch:
+    """A message of either type a publisher sends (services.core.events)."""
     try:
         batch = orjson.loads(body)
-        tenant_id, unread = batch["tenantId"], batch.get("unread", {})
-        if not isinstance(tenant_id, str) or not isinstance(unread, dict):
-            raise TypeError("tenantId or unread")
-        return [read_grade(tenant_id, fields, unread) for fields in batch["notifications"]]
+        if message_type == GRADES:
+            return live_batch(
+                batch["tenantId"], batch["grade"], batch["studentIds"], batch["seqs"],
+                batch["publishedAt"], batch["unread"],
+            )  # fmt: skip
+        if message_type == NOTIFICATIONS_0_1:
+            return read_batch_0_1(batch)
+        raise ValueError(f"unknown message type {message_type!r}")
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
-        raise MalformedBatch(f"not a NotificationBatch: {error!r}") from error
+        raise MalformedBatch(f"not a grade's message: {error!r}") from error
 
 
-def read_grade(tenant_id: str, fields: dict[str, Any], unread: dict[str, Any]) -> LiveGrade:
-    if fields.keys() != FIELDS:
-        raise KeyError(sorted(fields.keys() ^ FIELDS))
-    student_id, seq, count = fields["studentId"], int(fields["id"]), unread.get(fields["studentId"])
-    if not isinstance(student_id, str) or str(seq) != fields["id"]:
-        raise TypeError("studentId or id")
-    if count is not None and type(count) is not int:
+def read_batch_0_1(batch: dict[str, Any]) -> LiveBatch:
+    """Version 0.1's message: a whole notification per student, all of one grade."""
+    notifications, unread = batch["notifications"], batch.get("unread", {})
+    if not isinstance(notifications, list) or not notifications or not isinstance(unread, dict):
+        raise TypeError("notifications or unread")
+    for fields in notifications:
+        if fields.keys() != FIELDS:
+            raise KeyError(sorted(fields.keys() ^ FIELDS))
+        if any(fields[key] != notifications[0][key] for key in SHARED):
+            raise ValueError("notifications of different grades")
+    ids = [fields["id"] for fields in notifications]
+    if not all(isinstance(id_, str) and str(int(id_)) == id_ for id_ in ids):
+        raise TypeError("id")
+    student_ids = [fields["studentId"] for fields in notifications]
+    return live_batch(
+        batch["tenantId"], notifications[0], student_ids, [int(id_) for id_ in ids],
+        [fields["publishedAt"] for fields in notifications],
+        [unread.get(student_id) for student_id in student_ids],
+    )  # fmt: skip
+
+
+def live_batch(
+    tenant_id: Any, grade: Any, student_ids: Any, seqs: Any, published_at: Any, unread: Any
+) -> LiveBatch:
+    if not isinstance(tenant_id, str) or not isinstance(grade, dict):
+        raise TypeError("tenantId or grade")
+    lists = (student_ids, seqs, published_at, unread)
+    if not all(isinstance(values, list) for values in lists):
+        raise TypeError("studentIds, seqs, publishedAt or unread")
+    if len({len(values) for values in lists}) != 1:
+        raise ValueError("studentIds, seqs, publishedAt and unread differ in length")
+    if not all(isinstance(student_id, str) for student_id in student_ids):
+        raise TypeError("studentIds")
+    if not all(type(seq) is int and seq > 0 for seq in seqs):
+        raise TypeError("seqs")
+    if not all(count is None or type(count) is int for count in unread):
         raise TypeError("unread")
-    fields["publishedAt"] = published_at = datetime.fromisoformat(fields["publishedAt"])
-    if published_at.tzinfo is None:
+    times = [datetime.fromisoformat(at) for at in published_at]
+    if any(at.tzinfo is None for at in times):
         raise ValueError("publishedAt without its offset")
-    return LiveGrade(Student(tenant_id, student_id), seq, fields, count)
+    shared = encode_shared({key: grade[key] for key in SHARED})
+    return LiveBatch(tenant_id, shared, student_ids, seqs, times, unread)

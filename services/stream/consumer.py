@@ -120,7 +120,7 @@ def message_handler(hub: Hub) -> Callable[[AbstractIncomingMessage], Awaitable[N
                 change = UnreadChanged.model_validate_json(message.body)
                 hub.unread_changed(Student(change.tenant_id, change.student_id), change.unread)
             else:
-                hub.deliver(read_batch(message.body))
+                hub.deliver(read_batch(message.type, message.body))
         except (ValidationError, MalformedBatch) as error:
             # Poison: to the dead-letter queue for operators, and go on.
             logger.error("dead-lettered message %s: %s", message.message_id, error)

@@ -9,7 +9,7 @@ import time
 from services.core.broker import shard_of
 from services.core.metrics import PUBLISH_TO_DELIVER
 from services.core.tenancy import Student
-from services.stream.batches import LiveGrade
+from services.stream.batches import LiveBatch
 from services.stream.bindings import ShardBindings
 from services.stream.frames import KEEPALIVE, encode_grade, encode_stats
 from services.stream.subscriber import Frame, Subscriber
@@ -73,21 +73,24 @@ class Hub:
             if not streams:
                 del self.students[subscriber.student]
 
-    def deliver(self, grades: list[LiveGrade]) -> None:
-        """Pushes a broker message's grades, each with its student's new unread count, to
-        the streams this node holds for their students: the others are students of a shard
-        this node serves. The latency is observed once a message, with its first grade's
+    def deliver(self, batch: LiveBatch) -> None:
+        """Pushes a broker message's grade, with each student's new unread count, to the
+        streams this node holds for its students: the others are students of a shard this
+        node serves. The latency is observed once a message, with its first student's
         publishedAt: once a grade, the histogram cost a node a tenth of a delivery."""
         delivered = False
-        for grade in grades:
-            if grade.student in self.students:
+        for student_id, seq, published_at, unread in zip(
+            batch.student_ids, batch.seqs, batch.published_at, batch.unread, strict=True
+        ):
+            student = Student(batch.tenant_id, student_id)
+            if student in self.students:
                 delivered = True
-                self.push(grade.student, (grade.seq, encode_grade(grade.seq, grade.fields)))
-                if grade.unread is not None:
-                    self.push(grade.student, (None, encode_stats(grade.unread)))
+                frame = encode_grade(seq, student_id, batch.shared, published_at)
+                self.push(student, (seq, frame))
+                if unread is not None:
+                    self.push(student, (None, encode_stats(unread)))
         if delivered:
-            published = grades[0].fields["publishedAt"].timestamp()
-            PUBLISH_TO_DELIVER.observe(time.time() - published)
+            PUBLISH_TO_DELIVER.observe(time.time() - batch.published_at[0].timestamp())
 
     def unread_changed(self, student: Student, unread: int) -> None:
         self.push(student, (None, encode_stats(unread)))

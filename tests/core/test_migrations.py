@@ -12,7 +12,7 @@ from alembic import command
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from services.core.events import NotificationBatch
+from services.core.events import NotificationPublic
 from services.core.migrate import alembic_config, create_database
 from tests.conftest import SERVER_URL, drop_database
 
@@ -71,9 +71,10 @@ def test_unsent_outbox_rows_keep_their_notifications_across_0005(database_url: s
 
     command.downgrade(config, "0004")
     [(restored,)] = sql(database_url, "SELECT body FROM outbox")
-    batch = NotificationBatch.model_validate_json(restored)
-    assert batch.tenant_id == "default"
-    assert [n.model_dump(by_alias=True, mode="json") for n in batch.notifications] == [GRADE]
+    batch = json.loads(restored)  # version 0.1's message, which the code of 0004 sends
+    assert batch["tenantId"] == "default"
+    notifications = [NotificationPublic.model_validate(n) for n in batch["notifications"]]
+    assert [n.model_dump(by_alias=True, mode="json") for n in notifications] == [GRADE]
 
 
 def test_notifications_keep_their_rows_and_ids_across_0007(database_url: str) -> None:

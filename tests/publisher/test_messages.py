@@ -32,11 +32,11 @@ async def test_a_publish_reads_back_as_the_models(db: AsyncEngine) -> None:
 
     batches = [NotificationBatch.model_validate_json(m.body) for m in messages_of(rows)]
     assert len(batches) == len(rows) > 1  # one message per shard
-    notifications = {n.student_id: n for batch in batches for n in batch.notifications}
+    notifications = {n.student_id: n for batch in batches for n in batch.notifications()}
     assert sorted(notifications) == sorted(students)
     for batch in batches:
         assert batch.tenant_id == "default"
-        assert batch.unread == {n.student_id: 1 for n in batch.notifications}
+        assert batch.unread == [1] * len(batch.student_ids)
     first = notifications[students[0]]
     assert (first.id, first.grade, first.assignment_id) == ("1", 17.5, "hw-1")
     assert first.assignment_title == "Devoir d'\u00e9t\u00e9 \u2713"

@@ -7,50 +7,61 @@ import orjson
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.core.events import NotificationBatch, NotificationPublic
-from services.core.tenancy import Student
+from services.core.events import GRADES, NOTIFICATIONS_0_1, NotificationBatch, NotificationPublic
 from services.publisher.auth import Publisher
 from services.publisher.messages import messages_of
 from services.publisher.schemas import GradePublish
 from services.publisher.store import insert_notifications
-from services.stream.batches import MalformedBatch, read_batch
+from services.stream.batches import LiveBatch, MalformedBatch, read_batch
 from services.stream.frames import encode_event, encode_grade
 from tests.support import unique
 
+GRADE = {
+    "assignmentId": "hw-1",
+    "grade": 17.5,
+    "teacherComment": 'line one\nline "two"\r',
+    "courseId": None,
+    "assignmentTitle": "Devoir d'\u00e9t\u00e9 \u2713",
+}
+AT = "2025-03-01T12:30:00.250000+00:00"
 
-def notification(**fields: object) -> dict[str, object]:
-    return {
-        "id": "7",
-        "studentId": "student-1",
-        "assignmentId": "hw-1",
-        "grade": 17.5,
-        "teacherComment": 'line one\nline "two"\r',
-        "courseId": None,
-        "assignmentTitle": "Devoir d'\u00e9t\u00e9 \u2713",
-        "publishedAt": "2025-03-01T12:30:00.250000+00:00",
+
+def body(**fields: object) -> bytes:
+    message = {
+        "tenantId": "school-1",
+        "grade": GRADE,
+        "studentIds": ["student-1", "student-2"],
+        "seqs": [7, 1],
+        "publishedAt": [AT, "2025-03-01T13:30:00+01:00"],
+        "unread": [3, 1],
         **fields,
     }
-
-
-def body(*notifications: dict[str, object], **batch: object) -> bytes:
-    message = {"tenantId": "school-1", "notifications": list(notifications), **batch}
     return orjson.dumps(message)
 
 
-@pytest.mark.parametrize(
-    "fields",
-    [
-        {},
-        {"grade": "A-", "publishedAt": "2025-03-01T12:30:00+00:00"},  # no fraction
-        {"grade": 95, "teacherComment": None, "publishedAt": "2025-03-01T13:30:00+01:00"},
-    ],
-)
-def test_a_live_frame_is_the_models_frame(fields: dict[str, object]) -> None:
-    raw = body(notification(**fields), unread={"student-1": 3})
-    (grade,) = read_batch(raw)
-    model = NotificationBatch.model_validate_json(raw).notifications[0]
-    assert encode_grade(grade.seq, grade.fields) == encode_event(model)
-    assert (grade.student, grade.seq, grade.unread) == (Student("school-1", "student-1"), 7, 3)
+def frames(batch: LiveBatch) -> list[bytes]:
+    return [
+        encode_grade(seq, student_id, batch.shared, at)
+        for student_id, seq, at in zip(
+            batch.student_ids, batch.seqs, batch.published_at, strict=True
+        )
+    ]
+
+
+def test_live_frames_are_the_models_frames() -> None:
+    raw = body()
+    batch = read_batch(GRADES, raw)
+    model = NotificationBatch.model_validate_json(raw)
+    assert frames(batch) == [encode_event(n) for n in model.notifications()]
+    assert batch.tenant_id == "school-1" and batch.unread == [3, 1]
+    assert batch.published_at[1] == datetime(2025, 3, 1, 12, 30, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("grade", [{"grade": "A-"}, {"grade": 95, "teacherComment": None}])
+def test_any_grade_reads_as_its_model(grade: dict[str, object]) -> None:
+    raw = body(grade={**GRADE, **grade})
+    model = NotificationBatch.model_validate_json(raw)
+    assert frames(read_batch(GRADES, raw)) == [encode_event(n) for n in model.notifications()]
 
 
 async def test_postgres_messages_read_as_their_models(db: AsyncEngine) -> None:
@@ -62,16 +73,30 @@ async def test_postgres_messages_read_as_their_models(db: AsyncEngine) -> None:
     async with db.begin() as connection:
         rows = await insert_notifications(connection, publish, students, publisher, 64)
     for message in messages_of(rows):
-        models = NotificationBatch.model_validate_json(message.body).notifications
-        grades = read_batch(message.body)
-        assert [encode_grade(g.seq, g.fields) for g in grades] == [encode_event(n) for n in models]
-        assert {g.unread for g in grades} == {1}
+        model = NotificationBatch.model_validate_json(message.body)
+        batch = read_batch(GRADES, message.body)
+        assert frames(batch) == [encode_event(n) for n in model.notifications()]
+        assert set(batch.unread) == {1}
 
 
-def test_a_message_without_unread_counts_reads() -> None:
-    (grade,) = read_batch(body(notification()))
-    assert grade.unread is None
-    assert grade.fields["publishedAt"] == datetime(2025, 3, 1, 12, 30, 0, 250000, tzinfo=UTC)
+def notification_0_1(student_id: str, seq: int, **fields: object) -> dict[str, object]:
+    return {"id": str(seq), "studentId": student_id, **GRADE, "publishedAt": AT, **fields}
+
+
+def body_0_1(*notifications: dict[str, object], **batch: object) -> bytes:
+    return orjson.dumps({"tenantId": "school-1", "notifications": list(notifications), **batch})
+
+
+def test_a_version_0_1_message_gives_the_same_frames() -> None:
+    """A node upgraded before the publishers still delivers what they send."""
+    raw = body_0_1(notification_0_1("student-1", 7), notification_0_1("student-2", 1))
+    batch = read_batch(NOTIFICATIONS_0_1, raw)
+    sent = orjson.loads(raw)["notifications"]
+    notifications = [NotificationPublic.model_validate(n) for n in sent]
+    assert frames(batch) == [encode_event(n) for n in notifications]
+    assert batch.unread == [None, None]  # 0.1 could leave the counts out
+    with_counts = body_0_1(notification_0_1("student-1", 7), unread={"student-1": 4})
+    assert read_batch(NOTIFICATIONS_0_1, with_counts).unread == [4]
 
 
 @pytest.mark.parametrize(
@@ -79,25 +104,53 @@ def test_a_message_without_unread_counts_reads() -> None:
     [
         b"not json",
         b"[]",
-        orjson.dumps({"notifications": [notification()]}),  # no tenant
-        orjson.dumps({"tenantId": 7, "notifications": [notification()]}),
-        body(notification(), notification(id="8", extra=1)),
-        body({k: v for k, v in notification().items() if k != "grade"}),
-        body(notification(id="7\n")),
-        body(notification(id="07")),
-        body(notification(id=7)),
-        body(notification(studentId=["student-1"])),
-        body(notification(publishedAt="yesterday")),
-        body(notification(publishedAt="2025-03-01T12:30:00")),  # no offset
-        body(notification(), unread={"student-1": "3"}),
-        body(notification(), unread=[]),
+        body(tenantId=7),
+        body(tenantId=None),
+        orjson.dumps({k: v for k, v in orjson.loads(body()).items() if k != "seqs"}),
+        body(grade={k: v for k, v in GRADE.items() if k != "grade"}),
+        body(grade="A"),
+        body(seqs=[7]),  # one short
+        body(seqs=["7", "1"]),
+        body(seqs=[7, 0]),
+        body(seqs=[7, True]),
+        body(studentIds=["student-1", ["student-2"]]),
+        body(publishedAt=[AT, "yesterday"]),
+        body(publishedAt=[AT, "2025-03-01T12:30:00"]),  # no offset
+        body(unread=[3, "1"]),
+        body(unread={"student-1": 3}),
     ],
 )
 def test_a_malformed_message_is_refused_whole(raw: bytes) -> None:
     with pytest.raises(MalformedBatch):
-        read_batch(raw)
+        read_batch(GRADES, raw)
 
 
-def test_the_wire_fields_are_the_models() -> None:
-    model = NotificationPublic.model_validate(notification())
-    assert set(model.model_dump(by_alias=True)) == set(notification())
+@pytest.mark.parametrize(
+    "raw",
+    [
+        body_0_1(),
+        body_0_1(notification_0_1("student-1", 7), notification_0_1("student-2", 8, extra=1)),
+        body_0_1(notification_0_1("student-1", 7), notification_0_1("student-2", 8, grade=3)),
+        body_0_1(notification_0_1("student-1", 7, id="07")),
+        body_0_1(notification_0_1("student-1", 7, id=7)),
+        body_0_1(notification_0_1("student-1", 7), unread={"student-1": "3"}),
+        body_0_1(notification_0_1("student-1", 7), unread=[]),
+    ],
+)
+def test_a_malformed_version_0_1_message_is_refused_whole(raw: bytes) -> None:
+    with pytest.raises(MalformedBatch):
+        read_batch(NOTIFICATIONS_0_1, raw)
+
+
+def test_a_message_of_an_unknown_type_is_refused() -> None:
+    with pytest.raises(MalformedBatch, match="unknown message type"):
+        read_batch(None, body())
+
+
+def test_the_frames_carry_the_models_fields_in_their_order() -> None:
+    (notification,) = NotificationBatch.model_validate_json(body(
+        studentIds=["student-1"], seqs=[7], publishedAt=[AT], unread=[3]
+    )).notifications()  # fmt: skip
+    data = encode_event(notification).split(b"data: ", 1)[1]
+    assert list(orjson.loads(data)) == list(notification.model_dump(by_alias=True))
+    assert orjson.loads(data) == orjson.loads(notification.model_dump_json())

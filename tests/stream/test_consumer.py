@@ -11,6 +11,7 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
 from services.core.broker import DEAD_LETTER_QUEUE, EXCHANGE, routing_key, shard_of
+from services.core.events import GRADES
 from services.core.tenancy import Student
 from services.stream import consumer
 from services.stream.consumer import Acknowledger
@@ -37,7 +38,7 @@ async def test_a_poison_message_is_dead_lettered_and_the_node_goes_on(
     async with connection, open_stream(client, node_a.url, student, token_for(student)) as stream:
         channel = await connection.channel()
         exchange = await channel.get_exchange(EXCHANGE)
-        poison = aio_pika.Message(b'{"notifications": [{"id": "not a grade"}]}', message_id="p1")
+        poison = aio_pika.Message(b'{"studentIds": ["not a grade"]}', message_id="p1", type=GRADES)
         await exchange.publish(
             poison, routing_key=routing_key(shard_of(Student("default", student), 64))
         )

@@ -4,13 +4,14 @@ import asyncio
 from datetime import UTC, datetime
 from typing import cast
 
+import orjson
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.core.broker import shard_of
-from services.core.events import NotificationBatch, NotificationPublic
+from services.core.events import GRADES, GradeFields, NotificationPublic
 from services.core.tenancy import Student
-from services.stream.batches import LiveGrade, read_batch
+from services.stream.batches import LiveBatch, read_batch
 from services.stream.bindings import ShardBindings
 from services.stream.frames import KEEPALIVE
 from services.stream.hub import Hub, NodeFull, TooManyConnections
@@ -67,11 +68,17 @@ def grade_for(student_id: str, seq: int = 1) -> NotificationPublic:
     )
 
 
-def message(*grades: NotificationPublic, unread: int | None = None) -> list[LiveGrade]:
-    """The grades of a broker message, as the node's consumer reads them."""
-    counts = {grade.student_id: unread for grade in grades} if unread is not None else {}
-    batch = NotificationBatch(tenant_id="default", notifications=list(grades), unread=counts)
-    return read_batch(batch.model_dump_json().encode())
+def message(*grades: NotificationPublic, unread: int | None = None) -> LiveBatch:
+    """The broker message of `grades` (of one publish), as the node's consumer reads it."""
+    batch = {
+        "tenantId": "default",
+        "grade": grades[0].model_dump(by_alias=True, include=set(GradeFields.model_fields)),
+        "studentIds": [grade.student_id for grade in grades],
+        "seqs": [grade.seq for grade in grades],
+        "publishedAt": [grade.published_at for grade in grades],
+        "unread": [unread] * len(grades),
+    }
+    return read_batch(GRADES, orjson.dumps(batch))
 
 
 class RecordingSink:
