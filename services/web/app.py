@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI
 
+from services.web.direct import DirectRoutes
 from services.web.errors import install_error_handlers
 from services.web.health import ReadinessChecks, health_router
 from services.web.metrics import HttpMetrics, metrics_router
@@ -20,6 +21,8 @@ def service_app(
 ) -> FastAPI:
     app = FastAPI(title=title, version=version("gradecast"), lifespan=lifespan)
     install_error_handlers(app)
+    # Added first, so the innermost: each later one wraps the ones before.
+    app.add_middleware(DirectRoutes, routes=router.routes)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(HttpMetrics)
     app.include_router(router)

@@ -1,7 +1,7 @@
 """One error type, one handler, one JSON shape: {"error": {"code": ..., "message": ...}}."""
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -114,9 +114,18 @@ async def handle_unexpected(request: Request, error: Exception) -> JSONResponse:
     return error_response(ApiError("internal server error"))
 
 
+Handler = Callable[[Request, Exception], Coroutine[Any, Any, JSONResponse]]
+# By the exception class each handles. Exception's goes to the server error middleware,
+# which logs the error after answering.
+HANDLERS: dict[type[Exception], Handler] = {
+    ApiError: handle_api_error,
+    RequestValidationError: handle_validation_error,
+    HTTPException: handle_http_error,
+    DatabaseUnavailable: handle_database_down,
+    Exception: handle_unexpected,
+}
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(ApiError, handle_api_error)
-    app.add_exception_handler(RequestValidationError, handle_validation_error)
-    app.add_exception_handler(HTTPException, handle_http_error)
-    app.add_exception_handler(DatabaseUnavailable, handle_database_down)
-    app.add_exception_handler(Exception, handle_unexpected)
+    for error, handler in HANDLERS.items():
+        app.add_exception_handler(error, handler)
