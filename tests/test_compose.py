@@ -230,6 +230,23 @@ def test_nginx_config_streams_from_both_nodes(
     ), f"no upstream names all of {sorted(node_addresses)}"
 
 
+def test_the_stream_holders_have_files_and_a_listen_queue_for_every_stream(
+    services: dict[str, Service], stream_services: dict[str, Service]
+) -> None:
+    """A file per connection, and a reconnecting crowd queued rather than reset."""
+    for name in [*stream_services, "nginx"]:
+        service = services[name]
+        assert service["ulimits"]["nofile"] >= 65536, name
+        assert service["sysctls"]["net.core.somaxconn"] >= 65535, name
+        assert service["sysctls"]["net.ipv4.tcp_max_syn_backlog"] >= 65535, name
+    config = nginx_config_path(services["nginx"]).read_text()
+    files = int(re.findall(r"^worker_rlimit_nofile\s+(\d+);", config, re.MULTILINE)[0])
+    connections = int(re.findall(r"^\s*worker_connections\s+(\d+);", config, re.MULTILINE)[0])
+    assert connections < files <= services["nginx"]["ulimits"]["nofile"]
+    assert connections >= 2 * 20_000  # a node's worth of streams, each two connections
+    assert re.search(r"^\s*listen\s+80\s+backlog=65535;", config, re.MULTILINE)
+
+
 def test_dockerfile_entrypoint_is_gradecast() -> None:
     entrypoints = dockerfile_instructions("ENTRYPOINT")
     assert entrypoints, "the Dockerfile has no ENTRYPOINT"
