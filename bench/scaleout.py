@@ -7,7 +7,7 @@ from contextlib import ExitStack
 
 from processes import LOGS, loadtest, service
 from proxy import nginx
-from scenarios import PATIENT, RAMP, Row, Scenario
+from scenarios import PATIENT, RAMP, Row, Scenario, held
 
 MAX_NODES = 3
 # Streams offered per node at scale 1: below a node's cap (its open-file limit less 100,
@@ -23,7 +23,9 @@ NODE_PORT, PROXY_PORT = 18011, 18021
 NODE_ENV = {"MAX_CONNECTIONS_PER_STUDENT": "32"}
 
 
-def measure(nodes: int, pids: list[int], connections: int, students: int) -> tuple[int, float]:
+def measure(
+    nodes: int, pids: list[int], connections: int, students: int
+) -> tuple[tuple[int, str], float]:
     """Connections held and deliveries per second with `nodes` behind nginx: the connections
     held, then 30 broadcasts to them, as the broadcast scenario sends."""
     processes = math.ceil(connections / PER_PROCESS)
@@ -37,7 +39,7 @@ def measure(nodes: int, pids: list[int], connections: int, students: int) -> tup
         )
         # RSS per node in its summary is not read: its streams are nginx's ports, not nodes.
         summary = loadtest(pids[0], options, streams=urls, pids=pids)
-    return summary["connections"]["held"], summary["deliveries"]["per_second"]
+    return held(summary), summary["deliveries"]["per_second"]
 
 
 def scenario(scale: float) -> Scenario:
@@ -57,12 +59,12 @@ def scenario(scale: float) -> Scenario:
                 node = service(args, NODE_PORT + count - 1, log, NODE_ENV)
                 pids.append(nodes.enter_context(node).pid)
                 connections = per_node * count
-                held, rate = measure(count, pids, connections, students)
+                (streams, cell), rate = measure(count, pids, connections, students)
                 name = f"{count} node{'s' if count > 1 else ''}"
                 grows = f"> {round(previous)}, with one node fewer" if previous else "-"
                 rows += [
-                    (f"{name}: connections held", f"all of {connections}", held,
-                     held == connections),
+                    (f"{name}: connections held", f"all of {connections}", cell,
+                     streams == connections),
                     (f"{name}: 30 broadcasts, deliveries per second", grows, round(rate),
                      rate > previous),
                 ]  # fmt: skip
