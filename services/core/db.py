@@ -32,7 +32,13 @@ def create_engine(settings: Settings, application_name: str) -> AsyncEngine:
             "timeout": settings.DATABASE_TIMEOUT_SECONDS,
             # No JIT: it compiles a large publish's plan on every run (about 20 ms for
             # 10,000 students), longer than the compiled code saves.
-            "server_settings": {"application_name": application_name, "jit": "off"},
+            # UTC: Postgres writes times into JSON (the broker messages it builds) in the
+            # session's time zone, so live frames would not read as replays do.
+            "server_settings": {
+                "application_name": application_name,
+                "jit": "off",
+                "timezone": "UTC",
+            },
         },
     )
     event.listen(engine.sync_engine, "connect", load_array_codecs)

@@ -5,15 +5,21 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import make_url, text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from services.core.db import create_engine
 from services.core.events import GRADES, NOTIFICATIONS_0_1, NotificationBatch, NotificationPublic
+from services.core.settings import Settings
+from services.core.tenancy import Student
 from services.publisher.auth import Publisher
 from services.publisher.messages import messages_of
 from services.publisher.schemas import GradePublish
 from services.publisher.store import insert_notifications
 from services.stream.batches import LiveBatch, MalformedBatch, read_batch
 from services.stream.frames import encode_event, encode_grade
+from services.stream.history import notifications_of
+from tests.conftest import SERVER_URL
 from tests.support import unique
 
 GRADE = {
@@ -77,6 +83,41 @@ async def test_postgres_messages_read_as_their_models(db: AsyncEngine) -> None:
         batch = read_batch(GRADES, message.body)
         assert frames(batch) == [encode_event(n) for n in model.notifications()]
         assert set(batch.unread) == {1}
+
+
+async def set_time_zone(database: str, zone: str) -> None:
+    admin = create_async_engine(f"{SERVER_URL}/postgres", isolation_level="AUTOCOMMIT")
+    async with admin.connect() as connection:
+        await connection.execute(text(f'ALTER DATABASE "{database}" SET timezone TO {zone}'))
+    await admin.dispose()
+
+
+async def test_live_frames_read_as_replays_whatever_the_databases_time_zone(
+    database_url: str,
+) -> None:
+    """Postgres writes times into JSON in the session's time zone, and asyncpg reads them
+    as UTC: in a database whose default zone is not UTC, the two must still agree."""
+    database = make_url(database_url).database
+    assert database is not None
+    await set_time_zone(database, "'Asia/Kolkata'")
+    engine = create_engine(Settings(DATABASE_URL=database_url), "test")
+    try:
+        students = [unique("student") for _ in range(5)]
+        publish = GradePublish.model_validate(
+            {"studentIds": students, "assignmentId": "hw-1", "grade": 12}
+        )
+        publisher = Publisher(tenant_id="default", key_id="key-1", scope="scope")
+        async with engine.begin() as connection:
+            rows = await insert_notifications(connection, publish, students, publisher, 64)
+        live = {frame for m in messages_of(rows) for frame in frames(read_batch(GRADES, m.body))}
+        replayed = set()
+        for student_id in students:
+            student = Student("default", student_id)
+            replayed |= {encode_event(n) for n in await notifications_of(engine, student, limit=9)}
+        assert live == replayed and len(live) == len(students)
+    finally:
+        await engine.dispose()
+        await set_time_zone(database, "DEFAULT")
 
 
 def notification_0_1(student_id: str, seq: int, **fields: object) -> dict[str, object]:
