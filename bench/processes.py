@@ -49,9 +49,18 @@ def gradecast(*args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+def fresh_database() -> None:
+    """The local Postgres and RabbitMQ running, and the bench's database new and migrated."""
+    subprocess.run(["bash", "scripts/ensure-services.sh"], cwd=ROOT, check=True)
+    subprocess.run(
+        ["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", DATABASE], check=True
+    )
+    gradecast("migrate")
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, seconds: float) -> None:
     """Until `url` answers 200; stops the bench if the process dies or takes too long."""
-    deadline = time.monotonic() + START_SECONDS
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and process.poll() is None:
         try:
             if httpx.get(url, timeout=2).status_code == 200:
@@ -75,18 +84,23 @@ def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
 
 @contextmanager
 def service(
-    args: list[str], port: int, log: Path, env: dict[str, str] | None = None
+    args: list[str],
+    port: int,
+    log: Path,
+    env: dict[str, str] | None = None,
+    under: Sequence[str] = (),  # a command to run it under, as valgrind
+    start_seconds: float = START_SECONDS,
 ) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [*GRADECAST, *args, "--port", str(port)],
+            [*under, *GRADECAST, *args, "--port", str(port)],
             env={**os.environ, **ENV, **(env or {})},
             cwd=ROOT,
             stdout=output,
             stderr=subprocess.STDOUT,
         )
     try:
-        wait_ready(f"http://127.0.0.1:{port}/ready", process, log)
+        wait_ready(f"http://127.0.0.1:{port}/ready", process, log, start_seconds)
         yield process
     finally:
         stop(process)

@@ -11,7 +11,6 @@ bench/RESULTS.md.
 import argparse
 import os
 import platform
-import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import cores
 import retention
 import scaleout
-from processes import DATABASE, LOGS, NODE, PUBLISHER, ROOT, gradecast, service
+from processes import LOGS, NODE, PUBLISHER, ROOT, fresh_database, service
 from scenarios import Scenario, scenarios
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -90,11 +89,7 @@ def main() -> None:
     chosen = every_scenario(args.scale)
     if unknown := set(args.scenario) - set(chosen):
         raise SystemExit(f"bench: no scenario {', '.join(sorted(unknown))}; of {', '.join(chosen)}")
-    subprocess.run(["bash", "scripts/ensure-services.sh"], cwd=ROOT, check=True)
-    subprocess.run(
-        ["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", DATABASE], check=True
-    )
-    gradecast("migrate")
+    fresh_database()
     rows, shares = [], []
     LOGS.mkdir(exist_ok=True)
     with (
