@@ -8,11 +8,13 @@ import orjson
 from services.core.events import GradeFields, NotificationPublic
 
 KEEPALIVE = b": keepalive\n\n"
+# The names of the fields every recipient of a grade shares (GradeFields).
+SHARED_FIELDS = set(GradeFields.model_fields)
 
 
 def encode_event(notification: NotificationPublic) -> bytes:
     """A grade's frame from its model, as replays send it."""
-    shared = notification.model_dump(by_alias=True, include=set(GradeFields.model_fields))
+    shared = notification.model_dump(by_alias=True, include=SHARED_FIELDS)
     return encode_grade(
         notification.seq, notification.student_id, encode_shared(shared), notification.published_at
     )

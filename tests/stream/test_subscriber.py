@@ -9,11 +9,11 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.core.broker import shard_of
-from services.core.events import GRADES, GradeFields, NotificationPublic
+from services.core.events import GRADES, NotificationPublic
 from services.core.tenancy import Student
 from services.stream.batches import LiveBatch, read_batch
 from services.stream.bindings import ShardBindings
-from services.stream.frames import KEEPALIVE
+from services.stream.frames import KEEPALIVE, SHARED_FIELDS
 from services.stream.hub import Hub, NodeFull, TooManyConnections
 from services.stream.subscriber import Subscriber
 from tests.support import eventually
@@ -72,7 +72,7 @@ def message(*grades: NotificationPublic, unread: int | None = None) -> LiveBatch
     """The broker message of `grades` (of one publish), as the node's consumer reads it."""
     batch = {
         "tenantId": "default",
-        "grade": grades[0].model_dump(by_alias=True, include=set(GradeFields.model_fields)),
+        "grade": grades[0].model_dump(by_alias=True, include=SHARED_FIELDS),
         "studentIds": [grade.student_id for grade in grades],
         "seqs": [grade.seq for grade in grades],
         "publishedAt": [grade.published_at for grade in grades],
