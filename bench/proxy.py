@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from processes import ROOT, stop, wait_ready
+from processes import ROOT, START_SECONDS, stop, wait_ready
 
 NGINX = "/usr/sbin/nginx"
 # The hard open-file limit, which nginx inherits and its workers cannot raise.
@@ -91,7 +91,7 @@ def nginx(
     try:
         urls = [f"http://127.0.0.1:{port}" for port in ports]
         for url in urls:
-            wait_ready(f"{url}/health", process, log)
+            wait_ready(f"{url}/health", process, log, START_SECONDS)
         yield urls
     finally:
         stop(process)  # SIGTERM: nginx's fast shutdown, closing the streams still open

@@ -21,6 +21,8 @@ import scaleout
 from processes import LOGS, NODE, PUBLISHER, ROOT, fresh_database, service
 from scenarios import Scenario, scenarios
 
+Row = tuple[str, str, str, Any, bool]  # scenario, figure, target, measured, met
+
 RESULTS = ROOT / "bench" / "RESULTS.md"
 
 
@@ -90,7 +92,8 @@ def main() -> None:
     if unknown := set(args.scenario) - set(chosen):
         raise SystemExit(f"bench: no scenario {', '.join(sorted(unknown))}; of {', '.join(chosen)}")
     fresh_database()
-    rows, shares = [], []
+    rows: list[Row] = []
+    shares: list[tuple[str, dict[str, float]]] = []
     LOGS.mkdir(exist_ok=True)
     with (
         service(["publisher"], PUBLISHER, LOGS / "publisher.log"),
