@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -252,3 +253,18 @@ async def eventually(check: Any, seconds: float = 10, interval: float = 0.1) -> 
         if time.monotonic() > deadline:
             raise AssertionError(f"not met within {seconds} s: {check}")
         await asyncio.sleep(interval)
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """A Prometheus scrape's samples by name and labels."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(
+    metrics: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
+    return metrics.get((name, frozenset(labels.items())), 0.0)

@@ -286,12 +286,18 @@ METRICS = {
     "gradecast_notifications_published_total",
     "gradecast_outbox_backlog",
     "gradecast_outbox_oldest_age_seconds",
+    "gradecast_publish_waiting",
+    "gradecast_publish_batch_publishes",
     "gradecast_retention_purged_total",
     "gradecast_retention_floor_timestamp_seconds",
     "gradecast_http_requests_total",
     "gradecast_http_request_seconds",
 }
-HISTOGRAMS = {"gradecast_publish_to_deliver_seconds", "gradecast_http_request_seconds"}
+HISTOGRAMS = {
+    "gradecast_publish_to_deliver_seconds",
+    "gradecast_publish_batch_publishes",
+    "gradecast_http_request_seconds",
+}
 SERIES = METRICS | {
     f"{name}{suffix}" for name in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")
 }

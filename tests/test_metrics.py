@@ -5,7 +5,6 @@ import os
 import sys
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import (
     ROOT,
@@ -14,23 +13,11 @@ from tests.support import (
     grade_body,
     open_stream,
     publish,
+    samples,
     token_for,
     unique,
+    value,
 )
-
-
-def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(
-    metrics: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
-) -> float:
-    return metrics.get((name, frozenset(labels.items())), 0.0)
 
 
 async def test_publisher_and_stream_node_metrics_move_with_the_traffic(

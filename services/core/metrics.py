@@ -50,6 +50,14 @@ HTTP_SECONDS = Histogram(
 PUBLISHED = Counter("gradecast_notifications_published_total", "Notifications stored")
 OUTBOX_BACKLOG = Gauge("gradecast_outbox_backlog", "Broker messages waiting in the outbox")
 OUTBOX_AGE = Gauge("gradecast_outbox_oldest_age_seconds", "Age of the oldest outbox message")
+PUBLISH_WAITING = Gauge(
+    "gradecast_publish_waiting", "Publish requests waiting for a statement to store them"
+)
+PUBLISH_BATCH = Histogram(
+    "gradecast_publish_batch_publishes",
+    "Publish requests stored by one statement (group commit): more under more load",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 
 # Retention worker
 RETENTION_PURGED = Counter("gradecast_retention_purged_total", "Notifications purged")

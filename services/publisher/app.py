@@ -15,6 +15,7 @@ from services.core.broker import BrokerLink
 from services.core.db import DatabaseUnavailable, create_engine, open_pool
 from services.core.settings import Settings, get_settings
 from services.publisher.auth import PublisherKeys
+from services.publisher.group_commit import GroupCommit
 from services.publisher.outbox import OutboxRelay
 from services.publisher.routes import router
 from services.web.app import service_app
@@ -34,6 +35,7 @@ class PublisherState(TypedDict):
     engine: AsyncEngine
     broker: BrokerLink
     relay: OutboxRelay
+    group_commit: GroupCommit
     keys: PublisherKeys
     publish_limiter: RateLimiter
 
@@ -61,12 +63,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         link = BrokerLink(connection)
         relay = OutboxRelay(engine, link, exchanges, settings.BROKER_TIMEOUT_SECONDS)
         relay_loop = asyncio.create_task(relay.run(), name="outbox-relay")
+        group_commit = GroupCommit(
+            engine,
+            relay,
+            shards=settings.BROKER_SHARDS,
+            retention_seconds=settings.RETENTION_HOURS * 3600,
+        )
         try:
             yield {
                 "settings": settings,
                 "engine": engine,
                 "broker": link,
                 "relay": relay,
+                "group_commit": group_commit,
                 "keys": PublisherKeys(
                     engine, settings.GRADECAST_PUBLISHER_KEYS, settings.PUBLISHER_KEY_CACHE_SECONDS
                 ),
@@ -75,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 ),
             }
         finally:
+            await group_commit.close()
             relay_loop.cancel()
             await asyncio.gather(relay_loop, return_exceptions=True)
             try:  # else another publisher's relay sends them again, and nodes drop them

@@ -23,7 +23,6 @@ from services.core.db import DatabaseUnavailable, transaction
 from services.core.events import GRADES
 from services.core.metrics import OUTBOX_AGE, OUTBOX_BACKLOG
 from services.core.models import OutboxMessage
-from services.logs import request_id
 from services.publisher.messages import BATCH_JSON, Outgoing, messages_of
 
 logger = logging.getLogger(__name__)
@@ -52,8 +51,8 @@ CLAIM_STALE = text(f"""
     )
     SELECT claimed.id AS outbox_id, claimed.routing_key, {BATCH_JSON} AS body
     FROM claimed
-    LEFT JOIN notifications AS n ON n.id = ANY(claimed.notification_ids)
-    LEFT JOIN student_sequences AS s USING (tenant_id, student_id)
+    LEFT JOIN (notifications JOIN student_sequences USING (tenant_id, student_id)) AS n
+        ON n.id = ANY(claimed.notification_ids)
     GROUP BY claimed.id, claimed.routing_key
     ORDER BY claimed.id
 """)
@@ -145,9 +144,7 @@ class OutboxRelay:
                             type=GRADES,
                             content_type="application/json",
                             message_id=str(message.id),
-                            # The publish request it came from, for the nodes' log lines;
-                            # none when the relay loop sends it later.
-                            correlation_id=request_id.get(),
+                            correlation_id=message.request_id,  # for the nodes' logs
                         ),
                         routing_key=message.routing_key,
                     )

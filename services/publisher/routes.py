@@ -7,9 +7,10 @@ from fastapi import APIRouter, Header, Request, Response
 from services.core.events import PublishResult
 from services.core.metrics import PUBLISHED
 from services.publisher.auth import PublisherDep, authenticate_publisher, bearer
+from services.publisher.group_commit import GroupCommit
 from services.publisher.idempotency import IdempotentRequest
 from services.publisher.schemas import GradePublish
-from services.publisher.store import store_grades
+from services.publisher.store import Publication
 from services.web.body import read_json
 from services.web.direct import check, resolved_by
 
@@ -47,19 +48,12 @@ async def publish_grades(
 ) -> Response:
     """Store a grade for one or many students and push it to their streams."""
     publish, raw = await read_json(request, GradePublish)
-    settings, relay = request.state.settings, request.state.relay
-    stored = await store_grades(
-        request.state.engine,
-        publish,
-        publisher,
-        shards=settings.BROKER_SHARDS,
-        retention_seconds=settings.RETENTION_HOURS * 3600,
-        idempotency=IdempotentRequest.of(publisher.scope, idempotency_key, raw)
-        if idempotency_key
-        else None,
-    )
+    idempotency = None
+    if idempotency_key:
+        idempotency = IdempotentRequest.of(publisher.scope, idempotency_key, raw)
+    group_commit: GroupCommit = request.state.group_commit
+    stored = await group_commit.publish(Publication.of(publish, publisher), idempotency)
     PUBLISHED.inc(stored.count)
-    await relay.send_now(stored.outgoing)
     headers = {"Idempotent-Replayed": "true"} if stored.replayed else None
     return Response(stored.answer(), 201, headers, media_type="application/json")
 

@@ -9,7 +9,7 @@ from services.core.events import NotificationBatch, PublishedNotification, Publi
 from services.publisher.auth import Publisher
 from services.publisher.messages import messages_of
 from services.publisher.schemas import GradePublish
-from services.publisher.store import answer_of, insert_notifications
+from services.publisher.store import Publication, answer_of, insert_notifications
 from tests.support import unique
 
 SHARDS = 64
@@ -28,7 +28,8 @@ async def test_a_publish_reads_back_as_the_models(db: AsyncEngine) -> None:
     )
     publisher = Publisher(tenant_id="default", key_id="key-1", scope="scope")
     async with db.begin() as connection:
-        rows = await insert_notifications(connection, publish, students, publisher, SHARDS)
+        publication = Publication.of(publish, publisher)
+        [rows] = await insert_notifications(connection, [publication], SHARDS)
 
     batches = [NotificationBatch.model_validate_json(m.body) for m in messages_of(rows)]
     assert len(batches) == len(rows) > 1  # one message per shard

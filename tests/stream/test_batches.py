@@ -15,7 +15,7 @@ from services.core.tenancy import Student
 from services.publisher.auth import Publisher
 from services.publisher.messages import messages_of
 from services.publisher.schemas import GradePublish
-from services.publisher.store import insert_notifications
+from services.publisher.store import Publication, insert_notifications
 from services.stream.batches import LiveBatch, MalformedBatch, read_batch
 from services.stream.frames import encode_event, encode_grade
 from services.stream.history import notifications_of
@@ -77,7 +77,7 @@ async def test_postgres_messages_read_as_their_models(db: AsyncEngine) -> None:
     )
     publisher = Publisher(tenant_id="default", key_id="key-1", scope="scope")
     async with db.begin() as connection:
-        rows = await insert_notifications(connection, publish, students, publisher, 64)
+        [rows] = await insert_notifications(connection, [Publication.of(publish, publisher)], 64)
     for message in messages_of(rows):
         model = NotificationBatch.model_validate_json(message.body)
         batch = read_batch(GRADES, message.body)
@@ -108,7 +108,8 @@ async def test_live_frames_read_as_replays_whatever_the_databases_time_zone(
         )
         publisher = Publisher(tenant_id="default", key_id="key-1", scope="scope")
         async with engine.begin() as connection:
-            rows = await insert_notifications(connection, publish, students, publisher, 64)
+            publication = Publication.of(publish, publisher)
+            [rows] = await insert_notifications(connection, [publication], 64)
         live = {frame for m in messages_of(rows) for frame in frames(read_batch(GRADES, m.body))}
         replayed = set()
         for student_id in students:
