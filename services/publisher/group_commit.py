@@ -75,21 +75,23 @@ class GroupCommit:
         return await waiting.stored
 
     def start_batches(self) -> None:
-        while self.waiting and len(self.batches) < IN_FLIGHT:
+        while len(self.batches) < IN_FLIGHT and (batch := self.next_batch()):
             # Out of any request's context: its request id would be on the batch's logs.
-            batch = asyncio.create_task(self.run(self.next_batch()), context=contextvars.Context())
-            self.batches.add(batch)
+            task = asyncio.create_task(self.run(batch), context=contextvars.Context())
+            self.batches.add(task)
 
     def next_batch(self) -> list[Waiting]:
         """The waiting publishes in order of arrival, up to MAX_RECIPIENTS students and each
         student once (a statement updates a sequence row once): a publish to a student
         already taken, or held back, waits for a later batch, so that a student's grades
-        keep their order."""
+        keep their order. A publish whose request was cancelled meanwhile is dropped."""
         taken: list[Waiting] = []
         held: list[Waiting] = []
         students: set[tuple[str, str]] = set()
         count = 0
         for waiting in self.waiting:
+            if waiting.stored.done():
+                continue
             fits = count + len(waiting.students) <= MAX_RECIPIENTS
             if (not taken or fits) and students.isdisjoint(waiting.students):
                 taken.append(waiting)
@@ -133,7 +135,7 @@ class GroupCommit:
             if len(batch) == 1:
                 fail(batch, error)
             else:  # whichever publish it was fails alone
-                logger.warning("a batch of %d publishes failed; storing each alone", len(batch))
+                logger.warning("a batch of %d failed, storing each alone: %r", len(batch), error)
                 return [result for each in batch for result in await self.store([each])]
         return [None] * len(batch)
 
