@@ -105,18 +105,19 @@ class GroupCommit:
 
     async def run(self, batch: list[Waiting]) -> None:
         try:
-            try:
-                results = await self.store(batch)
-            finally:
-                self.batches.discard(asyncio.current_task())
-                self.start_batches()
-            await self.relay.send_now([m for each in results if each for m in each.outgoing])
-        except BaseException as error:  # cancelled at shutdown: no request waits forever
+            results = await self.store(batch)
+        except BaseException as error:  # cancelled: no request waits forever
             fail(batch, error)
             raise
-        for waiting, stored in zip(batch, results, strict=True):
-            if stored is not None and not waiting.stored.done():  # done: request cancelled
-                waiting.stored.set_result(stored)
+        finally:
+            self.batches.discard(asyncio.current_task())
+            self.start_batches()
+        try:
+            await self.relay.send_now([m for each in results if each for m in each.outgoing])
+        finally:  # committed, so answered even if the send is cut short: the relay sends
+            for waiting, stored in zip(batch, results, strict=True):
+                if stored is not None and not waiting.stored.done():  # done: cancelled
+                    waiting.stored.set_result(stored)
 
     async def close(self) -> None:
         """Once no request is coming: waits for the batches under way."""

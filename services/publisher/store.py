@@ -17,6 +17,12 @@ from services.publisher.idempotency import IdempotentRequest
 from services.publisher.messages import BATCH_JSON, Outgoing, messages_of
 from services.publisher.schemas import GradePublish
 
+
+def next_id(table: str) -> str:
+    """SQL for the next id of `table`: its sequence looked up once a statement, not a row."""
+    return f"nextval((SELECT CAST(pg_get_serial_sequence('{table}', 'id') AS regclass)))"
+
+
 # Stores several publishes at once (services.publisher.group_commit): it locks each
 # student's sequence row (in sorted order, so concurrent statements cannot deadlock), counts
 # the new notification unread, inserts it, and records an outbox row per publish and shard
@@ -51,7 +57,7 @@ PUBLISH = text(f"""
             DO UPDATE SET last_seq = s.last_seq + 1, unread = s.unread + 1
         RETURNING tenant_id, student_id, last_seq, unread
     ), numbered AS (
-        SELECT nextval('notifications_id_seq') AS id,
+        SELECT {next_id("notifications")} AS id,
                s.tenant_id, s.student_id, s.last_seq AS seq, s.unread, clock_timestamp()
                AS published_at, r.publish, r.routing_key, g.assignment_id,
                CAST(g.grade AS jsonb) AS grade, g.teacher_comment, g.course_id,
@@ -68,7 +74,7 @@ PUBLISH = text(f"""
                course_id, assignment_title, published_at, published_by
         FROM numbered
     ), messages AS (
-        SELECT nextval('outbox_id_seq') AS outbox_id, routing_key,
+        SELECT {next_id("outbox")} AS outbox_id, routing_key,
                publish, {BATCH_JSON} AS body, array_agg(n.id) AS notification_ids,
                array_agg(n.student_id) AS student_ids, array_agg(n.seq) AS seqs,
                array_agg(n.published_at) AS published_at
@@ -90,7 +96,6 @@ class Publication:
     publish: GradePublish
     publisher: Publisher
     recipients: list[str]  # each student once, in the order given: up to 10,000
-
     request_id: str | None  # its messages carry it, for the stream nodes' log lines
 
     @classmethod
