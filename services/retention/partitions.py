@@ -28,10 +28,11 @@ logger = logging.getLogger(__name__)
 HOUR = timedelta(hours=1)
 AHEAD = timedelta(hours=2)  # beyond the current hour: passes run every few minutes
 # A DETACH waits for the transactions using the hour, and an ATTACH for those reading the
-# default partition, and whatever comes after them waits behind: each gives up soon, and
-# tries again a little later.
-LOCK_TIMEOUT_MS = 100
-LOCK_TRIES = 10
+# default partition, and whatever comes after them waits behind (publishes included, and
+# those batched with them): each gives up soon, and tries again a little later. Publishes
+# take a few milliseconds each; with 100 ms, the slowest publish during a purge was 103 ms.
+LOCK_TIMEOUT_MS = 50
+LOCK_TRIES = 20
 # Sequence rows locked at once while their counts go down: each batch's WAL is flushed
 # ahead of the publishes that commit after it, so it is kept small.
 STUDENTS_PER_BATCH = 200
