@@ -5,12 +5,16 @@ import asyncio
 import json
 import math
 import os
+import signal
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 from services.client import GradecastError, PublisherClient, StreamClient
 from services.core.events import NotificationPublic
 
 PUBLISHER_URL, STREAM_URL = "http://127.0.0.1:8000", "http://127.0.0.1:8001"
+INTERRUPT_AGAIN_SECONDS = 1.0
 
 
 def grade_value(text: str) -> str | int | float:
@@ -80,11 +84,35 @@ async def publish(args: argparse.Namespace, key: str) -> str:
 def run_listen(args: argparse.Namespace) -> None:
     token = required(args.token, "GRADECAST_TOKEN", "--token")
     try:
-        asyncio.run(listen(args, token))
+        asyncio.run(until_interrupted(listen(args, token)))
     except KeyboardInterrupt:
-        pass  # Ctrl-C: the way to stop listening
+        pass  # Ctrl-C before the listening started
     except GradecastError as error:
         sys.exit(f"gradecast listen: {error}")
+
+
+async def until_interrupted(work: Coroutine[Any, Any, None]) -> None:
+    """Runs `work` until Ctrl-C (SIGINT), the way to stop listening, unless SIGINT was
+    ignored when the process started. The cancel is sent again until it takes: one that
+    lands while httpx connects can be lost (anyio's CancelScope, agronholm/anyio#1214)."""
+    task = asyncio.create_task(work)
+    loop = asyncio.get_running_loop()
+
+    def interrupt() -> None:
+        if not task.done():
+            task.cancel()
+            loop.call_later(INTERRUPT_AGAIN_SECONDS, interrupt)
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        await task
+        return
+    loop.add_signal_handler(signal.SIGINT, interrupt)  # in place of asyncio.run's
+    try:
+        await asyncio.wait([task])
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)  # Python's KeyboardInterrupt again
+    if not task.cancelled():
+        task.result()  # its error, if it failed
 
 
 async def listen(args: argparse.Namespace, token: str) -> None:

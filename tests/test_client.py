@@ -22,6 +22,7 @@ from services.client import (
     StreamClient,
     typed,
 )
+from services.client_cli import until_interrupted
 from services.core.events import NotificationPublic
 from tests.conftest import Services
 from tests.support import PUBLISHER_KEYS, ROOT, ServiceProcess, free_port, token_for, unique
@@ -425,3 +426,26 @@ async def test_cli_listen_prints_a_line_per_event_until_ctrl_c(
             await process.wait()
     assert process.returncode == 0, errors
     assert b"Traceback" not in errors, errors
+
+
+async def test_ctrl_c_is_sent_again_until_the_listener_stops() -> None:
+    """A first cancel that is lost (as anyio's CancelScope can lose one while httpx
+    connects) does not leave `gradecast listen` running."""
+    lost = []
+
+    async def losing_the_first_cancel() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            assert task is not None
+            lost.append(task.uncancel())
+        await asyncio.sleep(30)
+
+    listening = asyncio.create_task(until_interrupted(losing_the_first_cancel()))
+    await asyncio.sleep(0.1)
+    os.kill(os.getpid(), signal.SIGINT)
+    async with asyncio.timeout(10):
+        await listening
+    assert lost == [0]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handed back
