@@ -105,12 +105,16 @@ class Publication:
 
 @dataclass(frozen=True)
 class Stored:
-    count: int  # notifications stored: none when replayed
     outgoing: list[Outgoing]
-    recipients: list[str]
+    recipients: list[str]  # those whose notifications were stored: none when replayed
     rows: Sequence[Row[Any]]
     encoded: bytes | None = None  # the answer, if it had to be encoded in the transaction
     replayed: bool = False
+
+    @property
+    def count(self) -> int:
+        """Notifications stored."""
+        return len(self.recipients)
 
     def answer(self) -> bytes:
         """The PublishResult (services.core.events), encoded: after the commit and the
@@ -132,7 +136,7 @@ async def store_idempotent(
     async with transaction(engine) as connection:
         earlier = await idempotency.claim(connection, retention_seconds)
         if earlier is not None:
-            return Stored(0, [], [], [], orjson.dumps(earlier), replayed=True)
+            return Stored([], [], [], orjson.dumps(earlier), replayed=True)
         [rows] = await insert_notifications(connection, [publication], shards)
         encoded = answer_of(publication.recipients, rows)
         await idempotency.remember(connection, encoded)
@@ -152,8 +156,7 @@ def stored_of(
     publication: Publication, rows: Sequence[Row[Any]], encoded: bytes | None = None
 ) -> Stored:
     outgoing = messages_of(rows, publication.request_id)
-    recipients = publication.recipients
-    return Stored(len(recipients), outgoing, recipients, rows, encoded)
+    return Stored(outgoing, publication.recipients, rows, encoded)
 
 
 def answer_of(recipients: list[str], rows: Sequence[Row[Any]]) -> bytes:
