@@ -53,20 +53,18 @@ async def lock_waiters(db: AsyncEngine, count: int) -> bool:
         return await connection.scalar(LOCK_WAITERS) == count
 
 
+WAITING = "gradecast_publish_waiting"
+BATCHES = "gradecast_publish_batch_publishes_count"  # statements
+BATCHED = "gradecast_publish_batch_publishes_sum"  # publishes they stored
+
+
 async def metrics(client: httpx.AsyncClient, url: str) -> dict[str, float]:
     scraped = samples((await client.get(f"{url}/metrics")).text)
-    return {
-        name: value(scraped, name)
-        for name in (
-            "gradecast_publish_waiting",
-            "gradecast_publish_batch_publishes_count",
-            "gradecast_publish_batch_publishes_sum",
-        )
-    }
+    return {name: value(scraped, name) for name in (WAITING, BATCHES, BATCHED)}
 
 
 async def waiting(client: httpx.AsyncClient, url: str, count: int) -> bool:
-    return (await metrics(client, url))["gradecast_publish_waiting"] == count
+    return (await metrics(client, url))[WAITING] == count
 
 
 async def test_publishes_that_wait_for_postgres_are_stored_in_one_statement(
@@ -82,11 +80,10 @@ async def test_publishes_that_wait_for_postgres_are_stored_in_one_statement(
     results = await asyncio.gather(*tasks)
 
     after = await metrics(client, publisher.url)
-    batches = "gradecast_publish_batch_publishes_count"
     # The publishes held in flight, then one batch, then the repeated student's second.
-    assert after[batches] - before[batches] == IN_FLIGHT + 2
-    assert after[f"{batches[:-6]}_sum"] - before[f"{batches[:-6]}_sum"] == IN_FLIGHT + 31
-    assert after["gradecast_publish_waiting"] == 0
+    assert after[BATCHES] - before[BATCHES] == IN_FLIGHT + 2
+    assert after[BATCHED] - before[BATCHED] == IN_FLIGHT + 31
+    assert after[WAITING] == 0
     for student, result in zip([*students, repeated], results, strict=True):
         [notification] = result["notifications"]
         assert notification["studentId"] == student
