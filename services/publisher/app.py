@@ -24,11 +24,6 @@ from services.web.ratelimit import RateLimiter
 
 logger = logging.getLogger(__name__)
 
-# Publishes on one channel take turns at its lock, which aiormq holds until a message is
-# written: a turn of the event loop each. At 1,000 publishes a second the queue for it was
-# most of a publish's time (40 to 50 ms at the median); publishes go to the channels in turn.
-PUBLISH_CHANNELS = 8
-
 
 class PublisherState(TypedDict):
     settings: Settings
@@ -55,13 +50,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = create_engine(settings, "gradecast-publisher")
         await open_pool(engine, settings.DATABASE_POOL_SIZE)
         connection = await broker.connect(settings, f"gradecast-publisher-{os.getpid()}")
-        channels = [
-            await connection.channel(publisher_confirms=True) for _ in range(PUBLISH_CHANNELS)
-        ]
-        await broker.declare_topology(channels[0])
-        exchanges = [await each.get_exchange(broker.EXCHANGE, ensure=False) for each in channels]
+        channel = await connection.channel(publisher_confirms=True)
+        await broker.declare_topology(channel)
         link = BrokerLink(connection)
-        relay = OutboxRelay(engine, link, exchanges, settings.BROKER_TIMEOUT_SECONDS)
+        relay = OutboxRelay(engine, link, channel, settings.BROKER_TIMEOUT_SECONDS)
         relay_loop = asyncio.create_task(relay.run(), name="outbox-relay")
         group_commit = GroupCommit(
             engine,
