@@ -14,7 +14,7 @@ from services.core.tenancy import Student
 from services.stream.batches import LiveBatch, read_batch
 from services.stream.bindings import ShardBindings
 from services.stream.frames import KEEPALIVE, SHARED_FIELDS
-from services.stream.hub import Hub, NodeFull, TooManyConnections
+from services.stream.hub import KEEPALIVE_SLICE, Hub, NodeFull, TooManyConnections
 from services.stream.subscriber import Subscriber
 from tests.support import eventually
 
@@ -153,12 +153,24 @@ async def test_keepalives_go_only_to_streams_that_were_quiet_for_a_tick() -> Non
     hub, _ = make_hub()
     quiet = await hub.subscribe(student("student-1"))
     busy = await hub.subscribe(student("student-2"))
-    hub.tick()  # both were just opened: not quiet yet
+    await hub.tick()  # both were just opened: not quiet yet
     assert not quiet.frames and not busy.frames
     busy.push((1, b"grade"))
-    hub.tick()
+    await hub.tick()
     assert list(quiet.frames) == [(None, KEEPALIVE)]
     assert list(busy.frames) == [(1, b"grade")]
+
+
+async def test_a_tick_lets_other_work_run_between_slices_of_streams() -> None:
+    hub, _ = make_hub(max_per_node=KEEPALIVE_SLICE + 1)
+    subscribers = [await hub.subscribe(student(f"student-{n}")) for n in range(KEEPALIVE_SLICE + 1)]
+    await hub.tick()  # all quiet from now on
+    tick = asyncio.create_task(hub.tick())
+    await asyncio.sleep(0)  # the tick's first slice, then this test's turn
+    sent = [subscriber for subscriber in subscribers if subscriber.frames]
+    await tick
+    assert sent == subscribers[:KEEPALIVE_SLICE]
+    assert all(list(subscriber.frames) == [(None, KEEPALIVE)] for subscriber in subscribers)
 
 
 async def test_keepalives_are_written_while_idle() -> None:
