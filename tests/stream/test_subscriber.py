@@ -165,8 +165,8 @@ async def test_a_tick_spreads_its_slices_of_streams_over_time() -> None:
     hub, _ = make_hub(max_per_node=KEEPALIVE_SLICE + 1)
     subscribers = [await hub.subscribe(student(f"student-{n}")) for n in range(KEEPALIVE_SLICE + 1)]
     await hub.tick()  # all quiet from now on
-    tick = asyncio.create_task(hub.tick(spread_seconds=2))  # two slices, a second apart
-    await asyncio.sleep(0.2)
+    tick = asyncio.create_task(hub.tick(spread_seconds=1))  # two slices, 0.5 s apart
+    await asyncio.sleep(0.1)  # its timer is due before the second slice's, however late
     sent = [subscriber for subscriber in subscribers if subscriber.frames]
     await tick
     assert sent == subscribers[:KEEPALIVE_SLICE]
