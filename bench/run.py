@@ -21,7 +21,8 @@ import scaleout
 from processes import LOGS, NODE, PUBLISHER, ROOT, fresh_database, service
 from scenarios import Scenario, scenarios
 
-Row = tuple[str, str, str, Any, bool]  # scenario, figure, target, measured, met
+# A scenario's Row (scenarios.py), named with its scenario.
+Result = tuple[str, str, str, Any, bool]  # scenario, figure, target, measured, met
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
 
@@ -52,7 +53,7 @@ def machine() -> str:
 
 
 def record(
-    rows: list[tuple[str, str, str, Any, bool]],
+    rows: list[Result],
     shares: list[tuple[str, dict[str, float]]],
     note: str,
 ) -> None:
@@ -92,7 +93,7 @@ def main() -> None:
     if unknown := set(args.scenario) - set(chosen):
         raise SystemExit(f"bench: no scenario {', '.join(sorted(unknown))}; of {', '.join(chosen)}")
     fresh_database()
-    rows: list[Row] = []
+    rows: list[Result] = []
     shares: list[tuple[str, dict[str, float]]] = []
     LOGS.mkdir(exist_ok=True)
     with (
