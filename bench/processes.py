@@ -6,13 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
+from services import launch
+from services.launch import GRADECAST, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 LOGS = ROOT / "bench" / "logs"
@@ -21,7 +21,6 @@ DATABASE_URL = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{DATABASE}"
 KEY, SECRET = "bench-key", "bench-secret-that-is-long-enough-for-hs256-0123456789"
 PUBLISHER, NODE = 18000, 18001
 PUBLISHER_URL, NODE_URL = f"http://127.0.0.1:{PUBLISHER}", f"http://127.0.0.1:{NODE}"
-GRADECAST = [sys.executable, "-m", "services.cli"]
 ENV = {
     "DATABASE_URL": DATABASE_URL,
     "GRADECAST_PUBLISHER_KEYS": KEY,
@@ -35,7 +34,7 @@ ENV = {
     "CONNECT_BURST": "1000000",
     "DATABASE_POOL_SIZE": "20",
 }
-START_SECONDS = 30
+START_SECONDS = STOP_SECONDS = 30
 # The load generator opens its streams from loopback addresses in turn: from one alone, the
 # kernel's search for a free port took most of its CPU near 20,000 streams to one node.
 SOURCES = [f"127.0.0.{n}" for n in range(2, 18)]
@@ -60,26 +59,9 @@ def fresh_database() -> None:
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, seconds: float) -> None:
     """Until `url` answers 200; stops the bench if the process dies or takes too long."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"bench: {url} did not answer; see {log}")
-
-
-def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    """Ends a process this bench started, by its own pid; killed if it lingers."""
-    if process.poll() is None:
-        process.send_signal(sig)
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    state = launch.wait_ready(url, process.poll, seconds)
+    if state != "ready":
+        raise SystemExit(f"bench: {url} {state}; see {log}")
 
 
 @contextmanager
@@ -103,7 +85,7 @@ def service(
         wait_ready(f"http://127.0.0.1:{port}/ready", process, log, start_seconds)
         yield process
     finally:
-        stop(process)
+        stop(process, STOP_SECONDS)
 
 
 def loadtest_command(options: str, streams: Sequence[str], pids: Sequence[int]) -> list[str]:

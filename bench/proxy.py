@@ -9,7 +9,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from processes import ROOT, START_SECONDS, stop, wait_ready
+from processes import ROOT, START_SECONDS, STOP_SECONDS, wait_ready
+
+from services.launch import stop
 
 NGINX = "/usr/sbin/nginx"
 # The hard open-file limit, which nginx inherits and its workers cannot raise.
@@ -94,4 +96,5 @@ def nginx(
             wait_ready(f"{url}/health", process, log, START_SECONDS)
         yield urls
     finally:
-        stop(process)  # SIGTERM: nginx's fast shutdown, closing the streams still open
+        # SIGTERM: nginx's fast shutdown, closing the streams still open.
+        stop(process, STOP_SECONDS)

@@ -21,14 +21,15 @@ import httpx
 from processes import (
     DATABASE,
     ENV,
-    GRADECAST,
     LOGS,
     PUBLISHER_URL,
     ROOT,
+    STOP_SECONDS,
     loadtest_running,
-    stop,
 )
 from scenarios import Row, Scenario
+
+from services.launch import GRADECAST, stop
 
 ROWS, STUDENTS, LISTENERS = 1_000_000, 10_000, 1_000  # at scale 1
 PURGE_SECONDS_PER_MILLION = 30.0
@@ -124,7 +125,7 @@ def worker() -> Iterator[Path]:
     try:
         yield log
     finally:
-        stop(process)
+        stop(process, STOP_SECONDS)
 
 
 def await_pass(log: Path, number: int, seconds: float) -> Pass:

@@ -9,11 +9,10 @@ import signal
 import sys
 from dataclasses import dataclass
 
-import httpx
-
 from services.core.migrate import migrate
 from services.core.settings import Settings
 from services.core.tokens import mint_token
+from services.launch import GRADECAST, wait_ready
 
 READY_TIMEOUT_SECONDS = 30
 STOP_TIMEOUT_SECONDS = 10
@@ -48,21 +47,16 @@ async def pump(service: Service) -> None:
         sys.stdout.write(f"{service.name:>10} | {line.decode(errors='replace')}")
 
 
-async def wait_ready(client: httpx.AsyncClient, service: Service) -> str:
+async def started(service: Service) -> str:
+    """The service's state once it is ready, or has failed to be."""
     if service.port is None:
         return "running"
-    deadline = asyncio.get_running_loop().time() + READY_TIMEOUT_SECONDS
-    while asyncio.get_running_loop().time() < deadline:
-        assert service.process is not None
-        if service.process.returncode is not None:
-            return f"exited ({service.process.returncode})"
-        try:
-            if (await client.get(f"{service.url}/ready")).status_code == 200:
-                return "ready"
-        except httpx.TransportError:
-            pass
-        await asyncio.sleep(0.3)
-    return "not ready"
+    process = service.process
+    assert process is not None
+    url = f"{service.url}/ready"
+    return await asyncio.to_thread(
+        wait_ready, url, lambda: process.returncode, READY_TIMEOUT_SECONDS
+    )
 
 
 def banner(services: list[Service], states: list[str], key: str, token: str) -> str:
@@ -94,17 +88,16 @@ def banner(services: list[Service], states: list[str], key: str, token: str) -> 
 
 
 def plan(publisher_port: int, stream_ports: list[int]) -> list[Service]:
-    gradecast = [sys.executable, "-m", "services.cli"]
     services = [
         Service(
-            "publisher", [*gradecast, "publisher", "--port", str(publisher_port)], publisher_port
+            "publisher", [*GRADECAST, "publisher", "--port", str(publisher_port)], publisher_port
         )
     ]
     for index, port in enumerate(stream_ports):
         node = f"dev-{chr(ord('a') + index)}"
-        args = [*gradecast, "stream", "--port", str(port), "--node-id", node]
+        args = [*GRADECAST, "stream", "--port", str(port), "--node-id", node]
         services.append(Service(f"stream {node[-1]}", args, port))
-    services.append(Service("retention", [*gradecast, "retention"]))
+    services.append(Service("retention", [*GRADECAST, "retention"]))
     return services
 
 
@@ -122,8 +115,7 @@ async def run_services(publisher_port: int, stream_ports: list[int]) -> int:
             *service.args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )
     pumps = [asyncio.create_task(pump(service)) for service in services]
-    async with httpx.AsyncClient(timeout=2) as client:
-        states = await asyncio.gather(*(wait_ready(client, s) for s in services))
+    states = await asyncio.gather(*(started(service) for service in services))
     key = settings.GRADECAST_PUBLISHER_KEYS[0].get_secret_value()
     assert settings.GRADECAST_JWT_SECRET is not None
     token = mint_token(DEMO_STUDENT, settings.GRADECAST_JWT_SECRET.get_secret_value(), 24 * 3600)

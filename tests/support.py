@@ -4,7 +4,6 @@ import asyncio
 import os
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -19,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services import launch
 from services.core.tokens import mint_token
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +60,7 @@ def unique(prefix: str = "student") -> str:
 
 
 class ServiceProcess:
-    """A gradecast service run as users run it: `python -m services.cli ...`."""
+    """A gradecast service run as users run it (services.launch)."""
 
     def __init__(self, args: list[str], env: dict[str, str], log: Path, port: int | None = None):
         self.args, self.env, self.log, self.port = args, env, log, port
@@ -73,7 +73,7 @@ class ServiceProcess:
     def start(self, wait_ready: bool = True) -> "ServiceProcess":
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", *self.args],
+                [*launch.GRADECAST, *self.args],
                 env={**os.environ, **self.env},
                 cwd=ROOT,
                 stdout=log,
@@ -84,27 +84,15 @@ class ServiceProcess:
         return self
 
     def wait_ready(self, seconds: float = 30) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.args} exited:\n{self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"{self.args} not ready:\n{self.log.read_text()[-3000:]}")
+        process = self.process
+        assert process is not None
+        state = launch.wait_ready(f"{self.url}/ready", process.poll, seconds)
+        if state != "ready":
+            raise RuntimeError(f"{self.args} {state}:\n{self.log.read_text()[-3000:]}")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            launch.stop(self.process, 15)
 
 
 @dataclass

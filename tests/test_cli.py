@@ -3,7 +3,6 @@
 import asyncio
 import os
 import subprocess
-import sys
 import uuid
 
 from sqlalchemy import text
@@ -12,6 +11,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from services.core.settings import Settings
 from services.core.tenancy import Student
 from services.core.tokens import TokenVerifier
+from services.launch import GRADECAST
 from tests.conftest import SERVER_URL, drop_database
 from tests.support import JWT_SECRET, ROOT
 
@@ -19,7 +19,7 @@ from tests.support import JWT_SECRET, ROOT
 def gradecast(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("GRADECAST_")}
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", *args],
+        [*GRADECAST, *args],
         env={**environment, **env},
         cwd=ROOT,
         capture_output=True,

@@ -4,7 +4,6 @@ import asyncio
 import json
 import os
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
@@ -24,6 +23,7 @@ from services.client import (
 )
 from services.client_cli import until_interrupted
 from services.core.events import NotificationPublic
+from services.launch import GRADECAST
 from tests.conftest import Services
 from tests.support import PUBLISHER_KEYS, ROOT, ServiceProcess, free_port, token_for, unique
 from tests.test_cli import gradecast
@@ -391,9 +391,7 @@ async def test_cli_listen_prints_a_line_per_event_until_ctrl_c(
     student = unique()
     environment = {k: v for k, v in os.environ.items() if not k.startswith("GRADECAST_")}
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.cli",
+        *GRADECAST,
         "listen",
         "--url",
         node_a.url,

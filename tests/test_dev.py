@@ -5,12 +5,12 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
+from services.launch import GRADECAST
 from tests.support import ROOT, EventReader, free_port, grade_body
 
 BANNER_SECONDS = 60
@@ -56,9 +56,7 @@ def test_dev_runs_everything_and_a_grade_streams_with_the_printed_credentials(
     with log.open("wb") as output:
         process = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "services.cli",
+                *GRADECAST,
                 "dev",
                 "--port",
                 str(ports[0]),

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from services.launch import GRADECAST
 from services.loadtest.wire import Frame, ProtocolError, StreamParser
 from tests.support import JWT_SECRET, PUBLISHER_KEYS, ROOT, ServiceProcess
 
@@ -101,7 +102,7 @@ def test_the_load_generator_imports_no_framework_database_or_broker_client() -> 
 def command(publisher: ServiceProcess, streams: list[ServiceProcess], *args: str) -> list[str]:
     urls = [arg for stream in streams for arg in ("--stream", stream.url)]
     return [
-        *(sys.executable, "-m", "services.cli", "loadtest", "--publisher", publisher.url),
+        *(*GRADECAST, "loadtest", "--publisher", publisher.url),
         *urls,
         *("--key", PUBLISHER_KEYS[0], "--jwt-secret", JWT_SECRET, "--drain-seconds", "15"),
         *("--ramp-per-second", "100"),  # gentle on the shared nodes' connection-rate budget

@@ -2,10 +2,10 @@
 
 import asyncio
 import os
-import sys
 
 import httpx
 
+from services.launch import GRADECAST
 from tests.support import (
     ROOT,
     ServiceProcess,
@@ -53,9 +53,7 @@ async def test_the_retention_worker_serves_metrics_on_its_own_port(
     port = free_port()
     env = {**os.environ, **service_env, "RETENTION_METRICS_PORT": str(port)}
     worker = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.cli",
+        *GRADECAST,
         "retention",
         env=env,
         cwd=ROOT,

@@ -5,12 +5,12 @@ import contextlib
 import os
 import signal
 import socket
-import sys
 import time
 
 import httpx
 
 from services.core.broker import node_queue_name
+from services.launch import GRADECAST
 from tests.conftest import Services
 from tests.support import (
     MANAGEMENT_AUTH,
@@ -98,9 +98,7 @@ async def test_publisher_and_retention_exit_cleanly_on_sigterm(
 ) -> None:
     publisher = services.start("publisher")
     retention = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.cli",
+        *GRADECAST,
         "retention",
         env={**os.environ, **service_env},
         cwd=ROOT,

@@ -11,6 +11,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.launch import GRADECAST
 from services.retention import partitions
 from services.retention.worker import purge_expired, record_floor
 from tests.support import ROOT, unique
@@ -53,7 +54,7 @@ async def seqs_of(db: AsyncEngine, student: str) -> list[int]:
 
 def run_retention(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", "retention", *args],
+        [*GRADECAST, "retention", *args],
         env={**os.environ, **env},
         cwd=ROOT,
         capture_output=True,
