@@ -239,6 +239,9 @@ def test_the_stream_holders_have_files_and_a_listen_queue_for_every_stream(
         assert service["ulimits"]["nofile"] >= 65536, name
         assert service["sysctls"]["net.core.somaxconn"] >= 65535, name
         assert service["sysctls"]["net.ipv4.tcp_max_syn_backlog"] >= 65535, name
+    # nginx reaches each node from one address, a local port per stream: the widest range.
+    low, high = map(int, services["nginx"]["sysctls"]["net.ipv4.ip_local_port_range"].split())
+    assert (low, high) == (1024, 65535)
     config = nginx_config_path(services["nginx"]).read_text()
     files = int(re.findall(r"^worker_rlimit_nofile\s+(\d+);", config, re.MULTILINE)[0])
     connections = int(re.findall(r"^\s*worker_connections\s+(\d+);", config, re.MULTILINE)[0])
