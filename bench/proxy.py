@@ -54,6 +54,10 @@ http {{
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_buffering off;
             proxy_read_timeout 1h;
+            # To a node from the stream's own source address (the load generator spreads
+            # its streams over 16): from one address, the kernel's search for a free port
+            # to a node lengthens as its ~28,000 ports fill, and the ramp stalled there.
+            proxy_bind $remote_addr;
         }}
     }}
 }}
