@@ -8,6 +8,7 @@ import secrets
 import signal
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 from services.core.migrate import migrate
 from services.core.settings import Settings
@@ -47,8 +48,12 @@ async def pump(service: Service) -> None:
         sys.stdout.write(f"{service.name:>10} | {line.decode(errors='replace')}")
 
 
-async def started(service: Service) -> str:
-    """The service's state once it is ready, or has failed to be."""
+async def started(services: list[Service]) -> list[str]:
+    """Each service's state once it is ready, or has failed to be."""
+    return await asyncio.gather(*(state_once_started(service) for service in services))
+
+
+async def state_once_started(service: Service) -> str:
     if service.port is None:
         return "running"
     process = service.process
@@ -109,32 +114,43 @@ async def run_services(publisher_port: int, stream_ports: list[int]) -> int:
     settings = Settings()
     await asyncio.to_thread(migrate, settings.DATABASE_URL)
 
-    services = plan(publisher_port, stream_ports)
-    for service in services:
-        service.process = await asyncio.create_subprocess_exec(
-            *service.args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-        )
-    pumps = [asyncio.create_task(pump(service)) for service in services]
-    states = await asyncio.gather(*(started(service) for service in services))
-    key = settings.GRADECAST_PUBLISHER_KEYS[0].get_secret_value()
-    assert settings.GRADECAST_JWT_SECRET is not None
-    token = mint_token(DEMO_STUDENT, settings.GRADECAST_JWT_SECRET.get_secret_value(), 24 * 3600)
-    print(banner(services, states, key, token), flush=True)
-
+    # Ctrl-C or SIGTERM from here on, even while the services start, stops all of them.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    exits = [asyncio.create_task(s.process.wait()) for s in services if s.process]
     stopping = asyncio.create_task(stop.wait())
-    await asyncio.wait([stopping, *exits], return_when=asyncio.FIRST_COMPLETED)
-    failed = [s.name for s in services if s.process and s.process.returncode not in (None, 0)]
-    if failed:
-        print(f"gradecast dev: {', '.join(failed)} stopped; stopping the rest", flush=True)
-    await stop_all(services)
-    stopping.cancel()
-    await asyncio.gather(*pumps, return_exceptions=True)
-    return 1 if failed else 0
+    services = plan(publisher_port, stream_ports)
+    pumps: list[asyncio.Task[None]] = []
+    try:
+        for service in services:
+            service.process = await asyncio.create_subprocess_exec(
+                *service.args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+            )
+            pumps.append(asyncio.create_task(pump(service)))
+        starting = asyncio.create_task(started(services))
+        first: list[asyncio.Future[Any]] = [starting, stopping]
+        await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set():
+            print("gradecast dev: stopping", flush=True)
+            starting.cancel()
+            return 0
+        key = settings.GRADECAST_PUBLISHER_KEYS[0].get_secret_value()
+        assert settings.GRADECAST_JWT_SECRET is not None
+        secret = settings.GRADECAST_JWT_SECRET.get_secret_value()
+        token = mint_token(DEMO_STUDENT, secret, 24 * 3600)
+        print(banner(services, starting.result(), key, token), flush=True)
+
+        exits = [asyncio.create_task(s.process.wait()) for s in services if s.process]
+        await asyncio.wait([stopping, *exits], return_when=asyncio.FIRST_COMPLETED)
+        failed = [s.name for s in services if s.process and s.process.returncode not in (None, 0)]
+        if failed:
+            print(f"gradecast dev: {', '.join(failed)} stopped; stopping the rest", flush=True)
+        return 1 if failed else 0
+    finally:
+        await stop_all(services)
+        stopping.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)
 
 
 async def stop_all(services: list[Service]) -> None:

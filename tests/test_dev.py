@@ -4,6 +4,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -47,28 +48,38 @@ async def stream_a_grade(ports: list[int], key: str, token: str) -> None:
                 await reader.close()
 
 
-def test_dev_runs_everything_and_a_grade_streams_with_the_printed_credentials(
-    service_env: dict[str, str], tmp_path: Path
-) -> None:
-    ports = [free_port() for _ in range(3)]
+def start_dev(service_env: dict[str, str], log: Path, ports: list[int]) -> subprocess.Popen[bytes]:
+    """`gradecast dev` on `ports`, with the secrets it generates itself."""
     env = {k: v for k, v in {**os.environ, **service_env}.items() if not k.startswith("GRADECAST_")}
-    log = tmp_path / "dev.log"
+    publisher, *streams = map(str, ports)
     with log.open("wb") as output:
-        process = subprocess.Popen(
-            [
-                *GRADECAST,
-                "dev",
-                "--port",
-                str(ports[0]),
-                "--stream-ports",
-                str(ports[1]),
-                str(ports[2]),
-            ],
+        return subprocess.Popen(
+            [*GRADECAST, "dev", "--port", publisher, "--stream-ports", *streams],
             env=env,
             cwd=ROOT,
             stdout=output,
             stderr=subprocess.STDOUT,
         )
+
+
+def children_of(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+        except (OSError, ValueError):
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.add(int(entry.name))
+    return found
+
+
+def test_dev_runs_everything_and_a_grade_streams_with_the_printed_credentials(
+    service_env: dict[str, str], tmp_path: Path
+) -> None:
+    ports = [free_port() for _ in range(3)]
+    log = tmp_path / "dev.log"
+    process = start_dev(service_env, log, ports)
     try:
         banner = read_banner(log, process)
         assert "generated GRADECAST_JWT_SECRET" in banner
@@ -89,3 +100,35 @@ def test_dev_runs_everything_and_a_grade_streams_with_the_printed_credentials(
         except httpx.TransportError:
             continue
         raise AssertionError(f"port {port} still answers")
+
+
+def test_dev_stopped_while_its_services_start_stops_every_one_of_them(
+    service_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A broker that never answers keeps the services from being ready for a minute: dev is
+    told to stop meanwhile, and takes its services with it rather than leave them running."""
+    with socket.create_server(("127.0.0.1", 0)) as silent_broker:
+        port = silent_broker.getsockname()[1]
+        env = {
+            **service_env,
+            "AMQP_URL": f"amqp://guest:guest@127.0.0.1:{port}/",
+            "BROKER_TIMEOUT_SECONDS": "60",
+        }
+        log = tmp_path / "dev.log"
+        process = start_dev(env, log, [free_port() for _ in range(3)])
+        try:
+            deadline = time.monotonic() + BANNER_SECONDS
+            while len(services := children_of(process.pid)) < 4:  # publisher, 2 nodes, retention
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                assert process.poll() is None, log.read_text()[-3000:]
+                time.sleep(0.1)
+            process.send_signal(signal.SIGTERM)  # to dev alone, as a supervisor would
+            returncode = process.wait(30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    output = log.read_text()
+    assert returncode == 0, output[-3000:]
+    assert "gradecast dev: stopping" in output and "Publish a grade" not in output
+    running = [pid for pid in services if Path(f"/proc/{pid}").exists()]
+    assert not running, f"still running: {running}\n{output[-3000:]}"
