@@ -115,8 +115,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     configure_logging()
-    args = parser().parse_args(argv)
-    args.run(args)
+    try:
+        args = parser().parse_args(argv)
+        args.run(args)
+    except KeyboardInterrupt:  # Ctrl-C before a command handles it itself: no traceback
+        sys.exit(130)
 
 
 if __name__ == "__main__":
