@@ -47,8 +47,9 @@ PUBLISH = text(f"""
         )
     ), recipients AS (
         SELECT * FROM unnest(
-            CAST(:tenant_ids AS text[]), CAST(:student_ids AS text[]),
-            CAST(:routing_keys AS text[]), CAST(:publishes AS bigint[])
+            string_to_array(:tenant_ids, E'\n'), string_to_array(:student_ids, E'\n'),
+            string_to_array(:routing_keys, E'\n'),
+            CAST(string_to_array(:publishes, E'\n') AS bigint[])
         ) AS r(tenant_id, student_id, routing_key, publish)
     ), sequenced AS (
         INSERT INTO student_sequences AS s (tenant_id, student_id, last_seq, unread)
@@ -190,13 +191,17 @@ async def insert_notifications(
     tenant_ids, student_ids, numbers = zip(*recipients, strict=True)
     grades = [publication.publish for publication in publications]
     params = {
-        "tenant_ids": tenant_ids,
-        "student_ids": student_ids,
-        "routing_keys": [  # one broker message per shard and publish, not per student
+        # A column of recipients goes as one text, a line each, that Postgres splits: asyncpg
+        # checks each element of a list against the collections ABCs, 4 ms for 10,000
+        # strings, against 0.7 ms for the text. Tenant and student ids hold no line breaks
+        # (schemas.Identifier, keys_cli.TENANT).
+        "tenant_ids": "\n".join(tenant_ids),
+        "student_ids": "\n".join(student_ids),
+        "routing_keys": "\n".join(  # one broker message per shard and publish, not per student
             routing_key(shard_of(Student(tenant_id, student_id), shards))
             for tenant_id, student_id, _ in recipients
-        ],
-        "publishes": numbers,
+        ),
+        "publishes": "\n".join(map(str, numbers)),
         "assignment_ids": [grade.assignment_id for grade in grades],
         "grades": [orjson.dumps(grade.grade).decode() for grade in grades],
         "teacher_comments": [grade.teacher_comment for grade in grades],

@@ -126,6 +126,12 @@ MALFORMED: list[tuple[str, dict[str, Any] | bytes, int, str]] = [
         "studentIds.1",
     ),
     (
+        "newline in an id in list",  # the publish statement takes the ids a line each
+        {"studentIds": ["ok", "b\n"], "assignmentId": "a", "grade": 1},
+        422,
+        "studentIds.1",
+    ),
+    (
         "bad courseId",
         {"studentId": "s", "assignmentId": "a", "grade": 1, "courseId": "#"},
         422,
