@@ -1,5 +1,6 @@
-"""Running gradecast's services as processes of their own, as users run them: the one way
-`gradecast dev`, the tests and the bench start them, wait for them and stop them."""
+"""Running gradecast's services as processes of their own, as users run them: the command,
+the wait until one is ready, and the stop, shared by `gradecast dev`, the tests and the
+bench (`gradecast dev` stops its asyncio processes itself)."""
 
 import subprocess
 import sys
