@@ -65,9 +65,11 @@ def start_dev(service_env: dict[str, str], log: Path, ports: list[int]) -> subpr
 def children_of(pid: int) -> set[int]:
     found = set()
     for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():  # not a process (self, net, ...)
+            continue
         try:
             stat = (entry / "stat").read_text()
-        except (OSError, ValueError):
+        except OSError:  # ended meanwhile
             continue
         if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
             found.add(int(entry.name))
